@@ -6,10 +6,10 @@ use llama.cpp's rotary layout (pairs of adjacent dimensions rotate together).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import gguf
 import numpy as np
@@ -60,6 +60,27 @@ class TokenizerSpec:
     add_bos: bool = False
     chat_template: str | None = CHATML_TEMPLATE
     extra_eog_ids: tuple[int, ...] = field(default=())
+    model: str = "gpt2"  # "llama" for SentencePiece vocabularies (these need scores)
+    scores: list[float] | None = None
+    unknown_id: int | None = None
+
+    @classmethod
+    def from_gguf(cls, path: str | Path) -> TokenizerSpec:
+        """The tokenizer of an existing GGUF (for example a vocab-only file from llama.cpp)."""
+        reader = gguf.GGUFReader(str(path))
+
+        def value(key: str, default=None):
+            f = reader.get_field(key)
+            return f.contents() if f is not None else default
+
+        return cls(tokens=value("tokenizer.ggml.tokens"), token_types=value("tokenizer.ggml.token_type"),
+                   merges=value("tokenizer.ggml.merges", []), bos_id=value("tokenizer.ggml.bos_token_id", 0),
+                   eos_id=value("tokenizer.ggml.eos_token_id", 0),
+                   pre=value("tokenizer.ggml.pre", "default"),
+                   add_bos=bool(value("tokenizer.ggml.add_bos_token", False)),
+                   chat_template=value("tokenizer.chat_template"),
+                   model=value("tokenizer.ggml.model", "gpt2"), scores=value("tokenizer.ggml.scores"),
+                   unknown_id=value("tokenizer.ggml.unknown_token_id"))
 
 
 @lru_cache(maxsize=1)
@@ -74,7 +95,7 @@ def byte_to_unicode() -> dict[int, str]:
             printable.append(b)
             chars.append(256 + extra)
             extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars)}
+    return {b: chr(c) for b, c in zip(printable, chars, strict=False)}
 
 
 def byte_level_tokenizer(words: Iterable[str], specials: Iterable[str] = ("<|endoftext|>",
@@ -157,11 +178,16 @@ def write_llama_gguf(path: str | Path, config: LlamaConfig, weights: Mapping[str
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_eps)
 
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(tokenizer.model)
     writer.add_tokenizer_pre(tokenizer.pre)
     writer.add_token_list(tokenizer.tokens)
     writer.add_token_types(tokenizer.token_types)
-    writer.add_token_merges(tokenizer.merges)
+    if tokenizer.merges:
+        writer.add_token_merges(tokenizer.merges)
+    if tokenizer.scores is not None:
+        writer.add_token_scores(tokenizer.scores)
+    if tokenizer.unknown_id is not None:
+        writer.add_unk_token_id(tokenizer.unknown_id)
     writer.add_bos_token_id(tokenizer.bos_id)
     writer.add_eos_token_id(tokenizer.eos_id)
     writer.add_add_bos_token(tokenizer.add_bos)
@@ -178,8 +204,8 @@ def write_llama_gguf(path: str | Path, config: LlamaConfig, weights: Mapping[str
         elif qtype == gguf.GGMLQuantizationType.F16:
             writer.add_tensor(tensor_name, array.astype(np.float16))
         else:
-            writer.add_tensor(tensor_name, gguf.quants.quantize(array, qtype), raw_shape=array.shape,
-                              raw_dtype=qtype)
+            # quantize() returns [rows, row_bytes] uint8; the writer derives the element shape
+            writer.add_tensor(tensor_name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -6,8 +6,9 @@ a source of randomness. Row 0 is the root (pending token); node i is row i + 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 

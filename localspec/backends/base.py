@@ -14,13 +14,16 @@ class Backend(Protocol):
 
     Contract of one speculation round: `verify(root, tree)` decodes the pending token and every
     tree node in one batch and returns their logits (row 0 = root, row i + 1 = node i, valid until
-    the next call); `commit(tree, accepted)` keeps only root + accepted nodes in the cache.
+    the next call); `commit(root, tree, accepted)` keeps only root + accepted nodes in the cache.
     """
 
     n_ctx: int
     n_vocab: int
     supports_trees: bool
     max_tree_paths: int
+    chat_template: str | None
+    bos_token: int
+    eos_token: int
 
     @property
     def tokens(self) -> list[int]: ...
@@ -30,6 +33,8 @@ class Backend(Protocol):
 
     def token_bytes(self, token: int) -> bytes: ...
 
+    def special_token_text(self, token: int) -> str: ...
+
     def is_eog(self, token: int) -> bool: ...
 
     def truncate(self, n_keep: int) -> None: ...
@@ -38,6 +43,6 @@ class Backend(Protocol):
 
     def verify(self, root: int, tree: DraftTree) -> np.ndarray: ...
 
-    def commit(self, tree: DraftTree, accepted: list[int]) -> None: ...
+    def commit(self, root: int, tree: DraftTree, accepted: list[int]) -> None: ...
 
     def close(self) -> None: ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 from collections import deque
 from pathlib import Path
 
@@ -42,10 +43,14 @@ lc.llama_log_set(_log_to_buffer, ctypes.c_void_p())
 
 
 def _last_error() -> str:
-    for line in reversed(_LOG_LINES):
-        line = line.strip()
-        if "error" in line.lower() or "failed" in line.lower() or "unknown" in line.lower():
-            return line.split(": ", 1)[-1] if ": " in line else line
+    """The most telling recent llama.cpp message: an 'error' line, else a 'failed' one."""
+    lines = [line.strip() for line in _LOG_LINES if line.strip()]
+    for line in reversed(lines):
+        if "error" in line.lower():  # "llama_model_load: error loading model: <reason>"
+            return re.split(r"error[^:]*: ", line, maxsplit=1)[-1]
+    for line in reversed(lines):
+        if "failed" in line.lower():
+            return line.rsplit(": ", 1)[-1]
     return "llama.cpp could not load it"
 
 
@@ -65,7 +70,10 @@ class LlamaCppBackend:
         self._vocab = lc.llama_model_get_vocab(self._model)
         self.supports_trees = not (lc.llama_model_is_recurrent(self._model)
                                    or lc.llama_model_is_hybrid(self._model))
-        self.max_tree_paths = settings.max_tree_paths if self.supports_trees else 1
+        # llama.cpp clamps n_batch to n_ctx and reserves an output row per sequence
+        n_ctx = settings.n_ctx or lc.llama_model_n_ctx_train(self._model)
+        n_batch = min(settings.n_batch, n_ctx)
+        self.max_tree_paths = min(settings.max_tree_paths, n_batch) if self.supports_trees else 1
 
         ctx_params = lc.llama_context_default_params()
         ctx_params.n_ctx = settings.n_ctx

@@ -1,0 +1,41 @@
+"""The drafter lifecycle: begin a request, propose a tree under a budget, observe the verdict.
+
+Drafters never touch the target's KV cache; the engine owns batches and trimming.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from localspec.tree import DraftTree
+from localspec.verify import Verdict
+
+
+class Drafter(Protocol):
+    name: str
+
+    def begin(self, prompt: np.ndarray) -> None:
+        """A new request starts; `prompt` is every token before generation."""
+
+    def propose(self, history: np.ndarray, budget: int) -> DraftTree:
+        """At most `budget` nodes continuing `history` (prompt + generated, pending token last)."""
+
+    def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
+        """The verify result of the last proposal: the tree, its logits rows, what was accepted."""
+
+
+class NoDrafter:
+    """Plain decoding: propose nothing, so each step verifies only the pending token."""
+
+    name = "none"
+
+    def begin(self, prompt: np.ndarray) -> None:
+        pass
+
+    def propose(self, history: np.ndarray, budget: int) -> DraftTree:
+        return DraftTree.empty(self.name)
+
+    def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
+        pass

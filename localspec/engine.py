@@ -1,0 +1,127 @@
+"""The speculation loop: prefill, then draft -> verify -> commit, one step at a time.
+
+The engine owns the loop and the token history; the backend only runs batches and trims its KV
+cache, the drafter only proposes trees and learns from verdicts, the verifier only decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from localspec.backends.base import Backend
+from localspec.drafters import Drafter, make_drafter
+from localspec.errors import ContextOverflowError, InvalidSettingsError
+from localspec.sampling import greedy_token, make_distribution
+from localspec.settings import GenerationSettings, SamplingSettings
+from localspec.tree import DraftTree
+from localspec.verify import Coin, RandomCoin, Verdict, verify_greedy, verify_sampling
+
+
+@dataclass(frozen=True)
+class Step:
+    """One verified round: the tokens it produced (accepted drafts + bonus) and what was drafted."""
+
+    tokens: list[int]
+    drafted: int
+    accepted: int
+    source: str
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+def fit_tree(tree: DraftTree, max_nodes: int, max_paths: int) -> DraftTree:
+    """Drop trailing nodes until the tree fits; removing a last node never adds a leaf."""
+    tree = tree.truncated(max(max_nodes, 0))
+    while len(tree) and len(tree.leaves()) > max_paths:
+        tree = tree.truncated(len(tree) - 1)
+    return tree
+
+
+def judge(tree: DraftTree, logits: np.ndarray, history: np.ndarray, sampling: SamplingSettings,
+          coin: Coin) -> Verdict:
+    """Apply the lossless rule that fits the sampling settings. `history` ends with the root."""
+    if sampling.greedy and not sampling.has_penalties:
+        return verify_greedy(tree, logits.argmax(axis=1))
+
+    def context(row: int) -> np.ndarray:  # tokens before the position row `row` predicts
+        if row == 0:
+            return history
+        return np.concatenate([history, tree.tokens[tree.path_to(row - 1)]])
+
+    if sampling.greedy:
+        targets = np.array([greedy_token(logits[r], context(r), sampling) for r in range(len(logits))])
+        return verify_greedy(tree, targets)
+    return verify_sampling(tree, lambda r: make_distribution(logits[r], context(r), sampling), coin)
+
+
+class Engine:
+    """Speculative generation over one backend. Drafters persist across requests."""
+
+    def __init__(self, backend: Backend, drafters: Mapping[str, Drafter] | None = None) -> None:
+        self.backend = backend
+        self._drafters: dict[str, Drafter] = dict(drafters or {})
+
+    def drafter(self, name: str) -> Drafter:
+        if name not in self._drafters:
+            self._drafters[name] = make_drafter(name)
+        return self._drafters[name]
+
+    def check_prompt(self, prompt: Sequence[int]) -> None:
+        if len(prompt) == 0:
+            raise InvalidSettingsError("the prompt is empty")
+        if len(prompt) >= self.backend.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(prompt)} tokens but the context holds {self.backend.n_ctx}; "
+                "shorten it or raise --ctx")
+
+    def steps(self, prompt: Sequence[int], settings: GenerationSettings,
+              coin: Coin | None = None) -> Iterator[Step]:
+        """Yield verified steps until max_tokens are produced or the context is full.
+
+        The consumer decides about end-of-generation tokens and stop strings and may stop early;
+        the cache then holds every committed token and stays reusable by the next request.
+        """
+        self.check_prompt(prompt)
+        backend = self.backend
+        drafter = self.drafter(settings.drafter)
+        coin = coin or RandomCoin(np.random.default_rng(settings.sampling.seed))
+
+        reused = common_prefix_length(backend.tokens, prompt[:-1])
+        backend.truncate(reused)
+        backend.prefill(list(prompt[reused:-1]))
+
+        history = np.zeros(backend.n_ctx + 1, np.int32)
+        n_hist = len(prompt)
+        history[:n_hist] = prompt
+        drafter.begin(history[:n_hist].copy())
+        root = int(prompt[-1])
+        produced = 0
+        while produced < settings.max_tokens:
+            room = backend.n_ctx - len(backend.tokens) - 1  # tree slots after the root
+            if room < 0:
+                return
+            budget = min(settings.max_draft_tokens, room, settings.max_tokens - produced - 1)
+            tree = DraftTree.empty(drafter.name)
+            if budget > 0 and backend.supports_trees:
+                tree = fit_tree(drafter.propose(history[:n_hist], budget), budget,
+                                backend.max_tree_paths)
+            logits = backend.verify(root, tree)
+            verdict = judge(tree, logits, history[:n_hist], settings.sampling, coin)
+            drafter.observe(tree, logits, verdict)
+            backend.commit(root, tree, verdict.accepted)
+
+            tokens = verdict.tokens
+            history[n_hist:n_hist + len(tokens)] = tokens
+            n_hist += len(tokens)
+            root = tokens[-1]
+            produced += len(tokens)
+            yield Step(tokens, len(tree), verdict.n_accepted, tree.source)

@@ -1,0 +1,85 @@
+"""Drafters and utilities shared by the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from localspec.tree import DraftTree
+from localspec.verify import Verdict
+
+
+class ScriptedDrafter:
+    """Proposes whatever `make_tree(history, budget)` returns; records what it saw."""
+
+    name = "scripted"
+
+    def __init__(self, make_tree: Callable[[np.ndarray, int], DraftTree]) -> None:
+        self.make_tree = make_tree
+        self.verdicts: list[Verdict] = []
+
+    def begin(self, prompt: np.ndarray) -> None:
+        pass
+
+    def propose(self, history: np.ndarray, budget: int) -> DraftTree:
+        return self.make_tree(history, budget)
+
+    def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
+        self.verdicts.append(verdict)
+
+
+class FakeBackend:
+    """A deterministic 'model': the next token is `table[last token]`; text is one byte a token.
+
+    It follows the Backend contract (root row first, commit keeps root + accepted path).
+    """
+
+    supports_trees = True
+    max_tree_paths = 64
+    chat_template = None
+    bos_token = -1
+    eos_token = 0
+
+    def __init__(self, table: list[int], n_ctx: int = 64, eog: tuple[int, ...] = (0,)) -> None:
+        self.table = np.asarray(table)
+        self.n_vocab = len(table)
+        self.n_ctx = n_ctx
+        self.eog = set(eog)
+        self._tokens: list[int] = []
+        self.decoded_rows = 0
+
+    @property
+    def tokens(self) -> list[int]:
+        return self._tokens
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return [b % self.n_vocab for b in text.encode()]
+
+    def token_bytes(self, token: int) -> bytes:
+        return bytes([token])
+
+    def special_token_text(self, token: int) -> str:
+        return ""
+
+    def is_eog(self, token: int) -> bool:
+        return token in self.eog
+
+    def truncate(self, n_keep: int) -> None:
+        del self._tokens[n_keep:]
+
+    def prefill(self, tokens: list[int]) -> None:
+        self._tokens.extend(tokens)
+
+    def verify(self, root: int, tree: DraftTree) -> np.ndarray:
+        rows = [root] + tree.tokens.tolist()
+        logits = np.zeros((len(rows), self.n_vocab), np.float32)
+        logits[np.arange(len(rows)), self.table[rows]] = 10.0
+        self.decoded_rows += len(rows)
+        return logits
+
+    def commit(self, root: int, tree: DraftTree, accepted: list[int]) -> None:
+        self._tokens.extend([root] + tree.tokens[accepted].tolist())
+
+    def close(self) -> None:
+        pass
