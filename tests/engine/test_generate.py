@@ -106,3 +106,21 @@ def test_end_token_inside_an_accepted_draft_ends_output_there():
                       GenerationSettings(max_tokens=20, drafter="scripted"))
     assert result.text == "BC" and result.finish_reason == "stop"
     assert result.stats.steps == 1 and result.stats.accepted_tokens == 3
+
+
+def test_a_backend_without_trees_falls_back_to_plain_decoding():
+    from tests.helpers import FakeBackend
+
+    table = [(t * 7 + 3) % 128 for t in range(128)]
+    calls = []
+    drafter = ScriptedDrafter(lambda h, b: calls.append(b) or DraftTree.chain([1, 2]))
+    backend = FakeBackend(table, eog=())
+    backend.supports_trees = False
+    result = generate(Engine(backend, {"scripted": drafter}), [65],
+                      GenerationSettings(max_tokens=10, drafter="scripted"))
+    assert calls == [] and result.stats.steps == 10 and result.stats.draft_tokens == 0
+    expected, token = [], 65
+    for _ in range(10):
+        token = table[token]
+        expected.append(token)
+    assert result.tokens == expected
