@@ -52,6 +52,23 @@ def make_backend_settings(n_ctx: int, n_batch: int, n_threads: int | None, n_gpu
                            n_gpu_layers=n_gpu_layers, kv_type=kv_type, flash_attn=flash_attn)
 
 
+def open_engine(model_path, backend_settings: BackendSettings, use_budget: bool):
+    """Load the backend and wrap it in an engine with the device-aware budget (if wanted)."""
+    from localspec.backends.llamacpp import LlamaCppBackend
+    from localspec.budget import SpeculationBudget, cache_dir, cached_cost_curve
+    from localspec.engine import Engine
+
+    backend = LlamaCppBackend(model_path, backend_settings)
+    budget = None
+    if use_budget and backend.supports_trees:
+        device = f"gpu{backend_settings.n_gpu_layers}" if backend_settings.n_gpu_layers else "cpu"
+        if not (cache_dir() / "cost_curves.json").exists():
+            _note("measuring this machine's verify cost once (cached for next time)")
+        curve = cached_cost_curve(backend, model_path, device, backend_settings.n_threads)
+        budget = SpeculationBudget(curve)
+    return backend, Engine(backend, budget=budget)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="localspec")
 def cli() -> None:
@@ -78,14 +95,16 @@ def cli() -> None:
               help="Draft method: none (plain decoding) or lookup.")
 @click.option("--draft-tokens", type=int, default=8, show_default=True,
               help="Most draft tokens verified per step.")
+@click.option("--fixed-draft", is_flag=True,
+              help="Verify every drafted token instead of letting the cost model pick the tree size.")
 @click.option("--stats", is_flag=True, help="Print one JSON line of speed statistics to stderr.")
 def generate(model, n_ctx, n_batch, n_threads, n_gpu_layers, kv_type, flash_attn, prompt, chat,
              system, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
-             presence_penalty, frequency_penalty, seed, stop, drafter, draft_tokens, stats) -> None:
+             presence_penalty, frequency_penalty, seed, stop, drafter, draft_tokens, fixed_draft,
+             stats) -> None:
     """Generate text from a prompt, streamed to standard output."""
-    from localspec.backends.llamacpp import LlamaCppBackend
     from localspec.chat import Message, encode_chat
-    from localspec.engine import Engine
+    from localspec.drafters import make_drafter
     from localspec.generate import stream_generate
 
     sampling = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -95,15 +114,14 @@ def generate(model, n_ctx, n_batch, n_threads, n_gpu_layers, kv_type, flash_attn
                                   max_draft_tokens=draft_tokens, sampling=sampling)
     backend_settings = make_backend_settings(n_ctx, n_batch, n_threads, n_gpu_layers, kv_type,
                                              flash_attn)
-    from localspec.drafters import make_drafter
-
     make_drafter(drafter)  # reject an unknown name before loading anything
     if prompt == "-":
         prompt = sys.stdin.read()
     choice = choose_model(model)
     if choice.is_demo:
         _note(choice.describe())
-    with LlamaCppBackend(choice.path, backend_settings) as backend:
+    backend, engine = open_engine(choice.path, backend_settings, use_budget=not fixed_draft)
+    with backend:
         if not backend.supports_trees and drafter != "none":
             _note("this model's cache cannot drop rejected drafts; using plain decoding")
         if chat:
@@ -111,7 +129,6 @@ def generate(model, n_ctx, n_batch, n_threads, n_gpu_layers, kv_type, flash_attn
             tokens = encode_chat(backend, messages)
         else:
             tokens = backend.tokenize(prompt, add_special=True)
-        engine = Engine(backend)
         chunk = None
         for chunk in stream_generate(engine, tokens, settings):
             if chunk.text:
@@ -164,6 +181,77 @@ def info(model, as_json) -> None:
         elif key == "chat_template":
             value = "yes" if value else "no (ChatML is used)"
         click.echo(f"{key:>16}: {value}")
+
+
+@cli.command()
+@backend_options
+@click.option("--prompts", "prompts_path", required=True, type=click.Path(),
+              help="JSONL prompt set: {id, category, prompt} or {id, category, messages}.")
+@click.option("--methods", default="none,lookup,recycling,retrieval,auto,peer-pld,peer-ar",
+              show_default=True, help="Comma-separated methods: drafters, peer-pld, peer-ar.")
+@click.option("--max-tokens", "-n", type=int, default=128, show_default=True)
+@click.option("--temperature", "-t", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--repeats", type=int, default=1, show_default=True)
+@click.option("--draft-tokens", type=int, default=16, show_default=True,
+              help="Most draft tokens a drafter may propose per step.")
+@click.option("--fixed-draft", is_flag=True, help="Verify every drafted token (no cost model).")
+@click.option("--pld-tokens", type=int, default=10, show_default=True,
+              help="num_pred_tokens for llama-cpp-python's prompt lookup (peer-pld).")
+@click.option("--limit", type=int, default=None, help="Use only the first N prompts.")
+@click.option("--json", "json_path", required=True, type=click.Path(), help="Where to write results.")
+def bench(model, n_ctx, n_batch, n_threads, n_gpu_layers, kv_type, flash_attn, prompts_path, methods,
+          max_tokens, temperature, seed, repeats, draft_tokens, fixed_draft, pld_tokens, limit,
+          json_path) -> None:
+    """Measure methods against plain decoding and llama-cpp-python on a prompt set."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from localspec import bench as b
+    from localspec.drafters import DRAFTERS
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in DRAFTERS and m not in b.PEER_METHODS]
+    if unknown:
+        raise click.UsageError(f"unknown method(s) {', '.join(unknown)}; choose from "
+                               f"{', '.join([*DRAFTERS, *b.PEER_METHODS])}")
+    if repeats < 1:
+        raise click.UsageError("--repeats must be >= 1")
+    if "none" not in names:
+        names.insert(0, "none")  # every speedup is measured against plain decoding
+    prompts = b.load_prompts(prompts_path)[:limit]
+    sampling = SamplingSettings(temperature=temperature, seed=seed)
+    settings = GenerationSettings(max_tokens=max_tokens, max_draft_tokens=draft_tokens, sampling=sampling)
+    backend_settings = make_backend_settings(n_ctx, n_batch, n_threads, n_gpu_layers, kv_type, flash_attn)
+    choice = choose_model(model)
+    _note(f"model: {choice.describe()}")
+    backend, engine = open_engine(choice.path, backend_settings, use_budget=not fixed_draft)
+    with backend:
+        runners = [b.PeerMethod(m, choice.path, backend.n_ctx, backend_settings.n_threads, n_gpu_layers,
+                                pld_tokens) if m in b.PEER_METHODS else b.EngineMethod(m, engine)
+                   for m in names]
+        with Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=None, transient=False) as progress:
+            task = progress.add_task("runs", total=len(prompts) * len(runners) * repeats)
+            report = b.run_bench(prompts, runners, backend, settings, repeats,
+                                 on_run=lambda: progress.advance(task))
+    summary, by_category = b.summarize(report["prompts"], names)
+    report = {"model": choice.path.name, "device": b.device_description(backend_settings.n_threads,
+                                                                          n_gpu_layers),
+              "settings": {"max_tokens": max_tokens, "temperature": temperature, "seed": seed,
+                           "repeats": repeats, "draft_tokens": draft_tokens, "adaptive": not fixed_draft,
+                           "pld_tokens": pld_tokens, "n_ctx": backend.n_ctx,
+                           "threads": backend_settings.n_threads, "prompts": len(prompts)},
+              **report, "summary": summary, "by_category": by_category}
+    out = Path(json_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    table = b.markdown_table(report)
+    out.with_suffix(".md").write_text(table)
+    if not b.write_chart(report, out.with_suffix(".png")):
+        _note("matplotlib is not installed; no chart written")
+    click.echo(table)
 
 
 def main(argv: list[str] | None = None) -> int:

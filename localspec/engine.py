@@ -7,11 +7,13 @@ cache, the drafter only proposes trees and learns from verdicts, the verifier on
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from localspec.backends.base import Backend
+from localspec.budget import SpeculationBudget
 from localspec.drafters import Drafter, make_drafter
 from localspec.errors import ContextOverflowError, InvalidSettingsError
 from localspec.sampling import greedy_token, make_distribution
@@ -66,8 +68,10 @@ def judge(tree: DraftTree, logits: np.ndarray, history: np.ndarray, sampling: Sa
 class Engine:
     """Speculative generation over one backend. Drafters persist across requests."""
 
-    def __init__(self, backend: Backend, drafters: Mapping[str, Drafter] | None = None) -> None:
+    def __init__(self, backend: Backend, drafters: Mapping[str, Drafter] | None = None,
+                 budget: SpeculationBudget | None = None) -> None:
         self.backend = backend
+        self.budget = budget  # None: always verify up to max_draft_tokens
         self._drafters: dict[str, Drafter] = dict(drafters or {})
 
     def drafter(self, name: str) -> Drafter:
@@ -83,6 +87,14 @@ class Engine:
                 f"the prompt has {len(prompt)} tokens but the context holds {self.backend.n_ctx}; "
                 "shorten it or raise --ctx")
 
+    def prefill(self, prompt: Sequence[int]) -> int:
+        """Bring the cache to prompt[:-1], reusing the longest cached prefix; returns tokens reused."""
+        self.check_prompt(prompt)
+        reused = common_prefix_length(self.backend.tokens, prompt[:-1])
+        self.backend.truncate(reused)
+        self.backend.prefill(list(prompt[reused:-1]))
+        return reused
+
     def steps(self, prompt: Sequence[int], settings: GenerationSettings,
               coin: Coin | None = None) -> Iterator[Step]:
         """Yield verified steps until max_tokens are produced or the context is full.
@@ -90,14 +102,10 @@ class Engine:
         The consumer decides about end-of-generation tokens and stop strings and may stop early;
         the cache then holds every committed token and stays reusable by the next request.
         """
-        self.check_prompt(prompt)
+        self.prefill(prompt)
         backend = self.backend
         drafter = self.drafter(settings.drafter)
         coin = coin or RandomCoin(np.random.default_rng(settings.sampling.seed))
-
-        reused = common_prefix_length(backend.tokens, prompt[:-1])
-        backend.truncate(reused)
-        backend.prefill(list(prompt[reused:-1]))
 
         history = np.zeros(backend.n_ctx + 1, np.int32)
         n_hist = len(prompt)
@@ -110,14 +118,20 @@ class Engine:
             if room < 0:
                 return
             budget = min(settings.max_draft_tokens, room, settings.max_tokens - produced - 1)
-            tree = DraftTree.empty(drafter.name)
+            tree, draft_seconds = DraftTree.empty(drafter.name), 0.0
             if budget > 0 and backend.supports_trees:
+                start = time.perf_counter()
                 tree = fit_tree(drafter.propose(history[:n_hist], budget), budget,
                                 backend.max_tree_paths)
+                draft_seconds = time.perf_counter() - start
+                if self.budget is not None:
+                    tree = self.budget.trim(tree)
             logits = backend.verify(root, tree)
             verdict = judge(tree, logits, history[:n_hist], settings.sampling, coin)
             drafter.observe(tree, logits, verdict)
             backend.commit(root, tree, verdict.accepted)
+            if self.budget is not None:
+                self.budget.observe(tree, verdict, draft_seconds)
 
             tokens = verdict.tokens
             history[n_hist:n_hist + len(tokens)] = tokens

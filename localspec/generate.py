@@ -25,7 +25,8 @@ class SpecStats:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     prompt_tokens: int = 0
-    seconds: float = 0.0
+    prefill_seconds: float = 0.0
+    seconds: float = 0.0  # decoding only, after the prefill
     by_source: dict[str, int] = field(default_factory=dict)  # accepted draft tokens per drafter
 
     @property
@@ -41,7 +42,7 @@ class SpecStats:
                 "tokens_per_s": round(self.tokens_per_s, 2), "steps": self.steps,
                 "mean_accepted": round(self.mean_accepted, 3), "draft_tokens": self.draft_tokens,
                 "accepted_tokens": self.accepted_tokens, "drafter": self.drafter,
-                "prompt_tokens": self.prompt_tokens}
+                "prompt_tokens": self.prompt_tokens, "prefill_seconds": round(self.prefill_seconds, 4)}
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ def stream_generate(engine: Engine, prompt: Sequence[int], settings: GenerationS
     stats = SpecStats(drafter=settings.drafter, prompt_tokens=len(prompt))
     text = TextStream(settings.stop)
     start = time.perf_counter()
+    engine.prefill(prompt)
+    stats.prefill_seconds = time.perf_counter() - start
+    start = time.perf_counter()  # decode speed excludes the prefill
     finish = "context"
     for step in engine.steps(prompt, settings):
         tokens = step.tokens[: settings.max_tokens - stats.tokens]

@@ -57,8 +57,24 @@ class DraftTree:
 
     @classmethod
     def merge(cls, trees: Sequence[DraftTree], source: str = "") -> DraftTree:
-        """One tree holding every root-to-leaf path of the inputs, common prefixes merged."""
-        return cls.from_paths((p for t in trees for p in t.paths()), source)
+        """Fuse trees by longest-prefix matching: a node whose path already exists is shared.
+
+        Nodes keep their order (first tree first, each in its own order), so truncating the
+        result keeps the first tree's most valuable nodes.
+        """
+        tokens: list[int] = []
+        parents: list[int] = []
+        child_of: dict[tuple[int, int], int] = {}
+        for tree in trees:
+            mapped = np.empty(len(tree), np.int64)
+            for i, (token, parent) in enumerate(zip(tree.tokens.tolist(), tree.parents.tolist())):
+                key = (int(mapped[parent]) if parent >= 0 else -1, token)
+                if key not in child_of:
+                    child_of[key] = len(tokens)
+                    tokens.append(token)
+                    parents.append(key[0])
+                mapped[i] = child_of[key]
+        return cls(np.asarray(tokens, np.int32), np.asarray(parents, np.int32), source)
 
     @property
     def depths(self) -> np.ndarray:

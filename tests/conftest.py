@@ -65,3 +65,13 @@ def loopy_backend(loopy_model):
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_user_dirs(tmp_path_factory):
+    """Cost curves, profiles and histories go to a temporary folder, never the user's."""
+    cache = tmp_path_factory.mktemp("cache")
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("LOCALSPEC_CACHE_DIR", str(cache))
+    yield cache
+    patcher.undo()

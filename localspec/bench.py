@@ -1,0 +1,256 @@
+"""`localspec bench`: every method on every prompt, interleaved in one process, against plain
+decoding and what llama-cpp-python gives a user today."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from localspec.chat import Message, encode_chat
+from localspec.engine import Engine
+from localspec.errors import InvalidSettingsError
+from localspec.generate import generate
+from localspec.settings import GenerationSettings
+
+PEER_METHODS = ("peer-pld", "peer-ar")
+
+
+@dataclass(frozen=True)
+class BenchPrompt:
+    id: str
+    category: str
+    prompt: str | None = None
+    messages: tuple[Message, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    tokens: list[int]
+    output: bytes
+    seconds: float  # decoding only: the prefill is timed apart and left out
+    mean_accepted: float | None
+
+
+def load_prompts(path: str | Path) -> list[BenchPrompt]:
+    """Read a JSONL prompt set: {"id", "category", "prompt"} or {"id", "category", "messages"}."""
+    prompts = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InvalidSettingsError(f"cannot read prompt file {path}: {exc.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            messages = tuple(Message(m["role"], m["content"]) for m in row.get("messages", ()))
+            item = BenchPrompt(str(row["id"]), str(row.get("category", "default")), row.get("prompt"),
+                               messages)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidSettingsError(f"{path}:{number}: not a valid prompt line ({exc})") from None
+        if (item.prompt is None) == (not item.messages):
+            raise InvalidSettingsError(f"{path}:{number}: give exactly one of 'prompt' or 'messages'")
+        prompts.append(item)
+    if not prompts:
+        raise InvalidSettingsError(f"{path}: no prompts")
+    return prompts
+
+
+class Method(Protocol):
+    name: str
+
+    def run(self, tokens: list[int], settings: GenerationSettings) -> RunResult: ...
+
+
+class EngineMethod:
+    """One of localspec's drafters (or plain decoding) on the shared engine."""
+
+    def __init__(self, name: str, engine: Engine) -> None:
+        self.name = name
+        self.engine = engine
+
+    def run(self, tokens: list[int], settings: GenerationSettings) -> RunResult:
+        self.engine.backend.truncate(0)  # every method pays the same prefill
+        settings = GenerationSettings(max_tokens=settings.max_tokens, stop=settings.stop,
+                                      drafter=self.name, max_draft_tokens=settings.max_draft_tokens,
+                                      sampling=settings.sampling)
+        result = generate(self.engine, tokens, settings)
+        output = b"".join(self.engine.backend.token_bytes(t) for t in result.tokens)
+        return RunResult(result.tokens, output, result.stats.seconds, result.stats.mean_accepted)
+
+
+class PeerMethod:
+    """llama-cpp-python's high-level `Llama`: plain (`peer-ar`) or with its prompt lookup."""
+
+    def __init__(self, name: str, model_path: Path, n_ctx: int, n_threads: int, n_gpu_layers: int,
+                 num_pred_tokens: int) -> None:
+        from llama_cpp import Llama
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        self.name = name
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=num_pred_tokens) if name == "peer-pld" else None
+        # logits_all is required with a draft model (else it crashes past n_batch tokens)
+        self.llm = Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                         n_gpu_layers=n_gpu_layers, draft_model=draft, logits_all=draft is not None,
+                         verbose=False)
+
+    def run(self, tokens: list[int], settings: GenerationSettings) -> RunResult:
+        import llama_cpp
+
+        s = settings.sampling
+        self.llm.reset()
+        if len(tokens) > 1:
+            self.llm.eval(tokens[:-1])
+        if s.seed is not None:
+            self.llm.set_seed(s.seed)
+        out: list[int] = []
+        start = time.perf_counter()
+        for token in self.llm.generate(tokens, temp=s.temperature, top_k=s.top_k if not s.greedy else 1,
+                                       top_p=s.top_p, min_p=s.min_p, repeat_penalty=s.repeat_penalty,
+                                       reset=True):
+            if llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token):
+                break
+            out.append(token)
+            if len(out) >= settings.max_tokens:
+                break
+        seconds = time.perf_counter() - start
+        return RunResult(out, self.llm.detokenize(out), seconds, None)
+
+
+def device_description(n_threads: int, n_gpu_layers: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    where = f", {n_gpu_layers} layers on GPU" if n_gpu_layers else ""
+    return f"{cpu}, {n_threads} threads{where}"
+
+
+def encode_prompt(backend, prompt: BenchPrompt) -> list[int]:
+    if prompt.messages:
+        return encode_chat(backend, list(prompt.messages))
+    return backend.tokenize(prompt.prompt or "", add_special=True)
+
+
+def run_bench(prompts: list[BenchPrompt], methods: list[Method], backend, settings: GenerationSettings,
+              repeats: int = 1, on_run: Callable[[], None] | None = None) -> dict:
+    """Run each (prompt, method) `repeats` times, interleaved; returns the per-prompt results."""
+    encoded = [encode_prompt(backend, p) for p in prompts]
+    warm = GenerationSettings(max_tokens=8, drafter="none", sampling=settings.sampling)
+    for method in methods:  # warm up caches, thread pools and drafter state
+        method.run(encoded[0], warm)
+    results: dict[str, dict[str, dict]] = {p.id: {} for p in prompts}
+    for repeat in range(repeats):
+        for index, (prompt, tokens) in enumerate(zip(prompts, encoded)):
+            order = methods[(index + repeat) % len(methods):] + methods[:(index + repeat) % len(methods)]
+            for method in order:
+                run = method.run(tokens, settings)
+                entry = results[prompt.id].setdefault(method.name, {
+                    "tokens": 0, "seconds": 0.0, "mean_accepted": run.mean_accepted,
+                    "output_sha256": hashlib.sha256(run.output).hexdigest()})
+                entry["tokens"] += len(run.tokens)
+                entry["seconds"] += run.seconds
+                if on_run:
+                    on_run()
+    rows = []
+    for prompt in prompts:
+        per_method = {}
+        for name, entry in results[prompt.id].items():
+            entry = dict(entry)
+            entry["tokens_per_s"] = entry["tokens"] / entry["seconds"] if entry["seconds"] else 0.0
+            per_method[name] = entry
+        rows.append({"id": prompt.id, "category": prompt.category, "results": per_method})
+    return {"prompts": rows}
+
+
+def summarize(rows: list[dict], methods: list[str]) -> tuple[dict, dict]:
+    """Overall and per-category speedups: total tokens over total seconds, against `none`."""
+    def speed(subset: list[dict], method: str) -> float:
+        tokens = sum(r["results"][method]["tokens"] for r in subset)
+        seconds = sum(r["results"][method]["seconds"] for r in subset)
+        return tokens / seconds if seconds else 0.0
+
+    def accepted(subset: list[dict], method: str) -> float | None:
+        values = [r["results"][method]["mean_accepted"] for r in subset]
+        return float(np.mean(values)) if values and None not in values else None
+
+    def block(subset: list[dict]) -> dict:
+        base = speed(subset, "none") if "none" in methods else None
+        out = {}
+        for m in methods:
+            s = speed(subset, m)
+            out[m] = {"tokens_per_s": round(s, 2),
+                      "speedup_vs_none": round(s / base, 3) if base else None,
+                      "mean_accepted": None if accepted(subset, m) is None else round(accepted(subset, m), 3)}
+            if base is not None:
+                same = [r["results"][m]["output_sha256"] == r["results"]["none"]["output_sha256"]
+                        for r in subset]
+                out[m]["identical_to_none"] = round(float(np.mean(same)), 3)
+        return out
+
+    summary = block(rows)
+    categories = sorted({r["category"] for r in rows})
+    by_category = {}
+    for c in categories:
+        b = block([r for r in rows if r["category"] == c])
+        by_category[c] = {m: {"speedup_vs_none": v["speedup_vs_none"], "mean_accepted": v["mean_accepted"]}
+                          for m, v in b.items()}
+    return summary, by_category
+
+
+def markdown_table(report: dict) -> str:
+    methods = list(report["summary"])
+    lines = [f"# localspec bench: {report['model']}", "", f"device: {report['device']}  ",
+             f"settings: `{json.dumps(report['settings'])}`", "",
+             "| method | tokens/s | speedup vs none | mean accepted | identical to none |",
+             "|---|---|---|---|---|"]
+    for m in methods:
+        s = report["summary"][m]
+        accepted = "-" if s["mean_accepted"] is None else f"{s['mean_accepted']:.2f}"
+        lines.append(f"| {m} | {s['tokens_per_s']:.1f} | {s['speedup_vs_none'] or 0:.2f}x | {accepted} | "
+                     f"{s.get('identical_to_none', '-')} |")
+    lines += ["", "| category | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for c, row in report["by_category"].items():
+        lines.append(f"| {c} | " + " | ".join(f"{row[m]['speedup_vs_none'] or 0:.2f}x" for m in methods) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_chart(report: dict, path: Path) -> bool:
+    """A grouped bar chart of speedup vs plain decoding per category; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    methods = [m for m in report["summary"] if m != "none"]
+    groups = ["overall", *report["by_category"]]
+    values = np.array([[report["summary"][m]["speedup_vs_none"] or 0 for m in methods]] +
+                      [[report["by_category"][c][m]["speedup_vs_none"] or 0 for m in methods]
+                       for c in report["by_category"]])
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * len(methods) / 2), 4))
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(groups))
+    for i, m in enumerate(methods):
+        ax.bar(x + i * width - 0.4 + width / 2, values[:, i], width, label=m)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(x, groups, rotation=20)
+    ax.set_ylabel("speedup vs plain decoding (none)")
+    ax.set_title(f"localspec bench — {report['model']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,169 @@
+"""How much to speculate: the tree size that maximises expected tokens per second.
+
+Two measurements drive it. The verify cost curve t(n) — seconds for one decode of n tokens — is
+measured once per model, device and thread count and cached on disk. Each drafter's acceptance
+is learned online per node slot (node i of its proposals, in proposal order): q_i is the rate at
+which node i ends up on the accepted path. Since accepted nodes form one path, the expected
+tokens from the first n nodes is 1 + sum(q_0..q_{n-1}) (the 1 is the bonus token), and the
+budget keeps the n (0 = plain decoding) maximising that over t(n + 1) + drafting time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from localspec.tree import DraftTree
+from localspec.verify import Verdict
+
+CURVE_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
+
+
+@dataclass(frozen=True)
+class CostCurve:
+    """Seconds for one verify decode of n tokens (root included), interpolated linearly."""
+
+    sizes: tuple[int, ...]
+    seconds: tuple[float, ...]
+
+    def time(self, n: np.ndarray | int) -> np.ndarray:
+        sizes = np.asarray(self.sizes, float)
+        secs = np.asarray(self.seconds, float)
+        n = np.asarray(n, float)
+        slope = (secs[-1] - secs[-2]) / (sizes[-1] - sizes[-2]) if len(sizes) > 1 else 0.0
+        beyond = secs[-1] + np.maximum(n - sizes[-1], 0) * max(slope, 0.0)
+        return np.where(n > sizes[-1], beyond, np.interp(n, sizes, secs))
+
+    def to_json(self) -> dict:
+        return {"sizes": list(self.sizes), "seconds": list(self.seconds)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> CostCurve:
+        return cls(tuple(int(s) for s in data["sizes"]), tuple(float(s) for s in data["seconds"]))
+
+
+def measure_cost_curve(backend, sizes: tuple[int, ...] = CURVE_SIZES, repeats: int = 5,
+                       context: int = 64) -> CostCurve:
+    """Time verify decodes of chains of n - 1 drafts after a short context; median of repeats."""
+    sizes = tuple(n for n in sizes if n <= min(backend.n_ctx - context - 1, getattr(backend, "n_batch", 512)))
+    rng = np.random.default_rng(0)
+    backend.truncate(0)
+    backend.prefill(rng.integers(0, backend.n_vocab, context).tolist())
+    root = int(rng.integers(0, backend.n_vocab))
+    samples: dict[int, list[float]] = {n: [] for n in sizes}
+    for _ in range(repeats + 1):  # the first round warms up caches and thread pools
+        for n in sizes:
+            tree = DraftTree.chain(rng.integers(0, backend.n_vocab, n - 1).tolist())
+            start = time.perf_counter()
+            logits = backend.verify(root, tree)
+            logits[0, 0]  # make sure the result is there
+            samples[n].append(time.perf_counter() - start)
+            backend.commit(root, tree, [])
+            backend.truncate(context)
+    return CostCurve(sizes, tuple(float(np.median(samples[n][1:])) for n in sizes))
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """A cheap identity for a model file: size plus a hash of its first and last MiB."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(size - (1 << 20), 0))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    override = os.environ.get("LOCALSPEC_CACHE_DIR")
+    if override:
+        return Path(override)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("localspec"))
+
+
+def cached_cost_curve(backend, model_path: str | Path, device: str, threads: int,
+                      refresh: bool = False) -> CostCurve:
+    """The cost curve for this model, device and thread count, measured on first use."""
+    key = f"{model_fingerprint(model_path)}|llamacpp|{device}|{threads}"
+    store = cache_dir() / "cost_curves.json"
+    data: dict = {}
+    if store.exists():
+        try:
+            data = json.loads(store.read_text())
+        except (OSError, ValueError):
+            data = {}
+    if key in data and not refresh:
+        return CostCurve.from_json(data[key])
+    curve = measure_cost_curve(backend)
+    data[key] = curve.to_json()
+    store.parent.mkdir(parents=True, exist_ok=True)
+    tmp = store.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(store)
+    return curve
+
+
+@dataclass
+class AcceptanceStats:
+    """Online acceptance rate per node slot for one drafter (exponential moving averages)."""
+
+    slots: int = 256
+    alpha: float = 0.1
+    prior: float = 0.5
+    rates: np.ndarray = field(init=False)
+    draft_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        # optimistic start, refined as proposals are verified
+        self.rates = np.full(self.slots, self.prior)
+
+    def update(self, tree: DraftTree, verdict: Verdict, draft_seconds: float) -> None:
+        n = min(len(tree), self.slots)
+        hit = np.zeros(n)
+        hit[[a for a in verdict.accepted if a < n]] = 1.0
+        self.rates[:n] += self.alpha * (hit - self.rates[:n])
+        self.draft_seconds += self.alpha * (draft_seconds - self.draft_seconds)
+
+
+class SpeculationBudget:
+    """Chooses each step how many of a proposal's nodes to verify."""
+
+    def __init__(self, curve: CostCurve, max_nodes: int = 64, explore_every: int = 16) -> None:
+        self.curve = curve
+        self.max_nodes = max_nodes
+        self.explore_every = explore_every
+        self.stats: dict[str, AcceptanceStats] = {}
+        self._steps = 0
+        self._costs = curve.time(np.arange(1, max_nodes + 2))  # t(1 + n) for n = 0..max_nodes
+
+    def _stats(self, source: str) -> AcceptanceStats:
+        if source not in self.stats:
+            self.stats[source] = AcceptanceStats()
+        return self.stats[source]
+
+    def best_size(self, source: str, available: int) -> int:
+        """argmax over n in [0, available] of expected tokens / expected seconds."""
+        stats = self._stats(source)
+        n_max = min(available, self.max_nodes, stats.slots)
+        gain = 1.0 + np.concatenate([[0.0], np.cumsum(stats.rates[:n_max])])
+        seconds = self._costs[: n_max + 1] + np.where(np.arange(n_max + 1) > 0, stats.draft_seconds, 0.0)
+        return int(np.argmax(gain / seconds))
+
+    def trim(self, tree: DraftTree) -> DraftTree:
+        self._steps += 1
+        if self.explore_every and self._steps % self.explore_every == 0:
+            return tree.truncated(self.max_nodes)  # look past the current choice now and then
+        return tree.truncated(self.best_size(tree.source, len(tree)))
+
+    def observe(self, tree: DraftTree, verdict: Verdict, draft_seconds: float) -> None:
+        if len(tree):
+            self._stats(tree.source).update(tree, verdict, draft_seconds)

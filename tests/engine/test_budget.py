@@ -1,0 +1,78 @@
+"""The speculation budget: flat cost curves give large trees, steep ones small trees or none."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from localspec.budget import CostCurve, SpeculationBudget, cached_cost_curve, measure_cost_curve
+from localspec.engine import Engine
+from localspec.generate import generate
+from localspec.settings import GenerationSettings
+from localspec.tree import DraftTree
+from localspec.verify import Verdict
+
+FLAT = CostCurve((1, 64), (0.010, 0.011))  # a GPU: 64 tokens cost about as much as one
+CPU = CostCurve((1, 2, 4, 8, 16, 32, 64), (0.0187, 0.0209, 0.0248, 0.0452, 0.0672, 0.110, 0.175))
+STEEP = CostCurve((1, 2, 64), (0.010, 0.020, 0.640))  # every token costs a full step
+
+
+def trained(curve: CostCurve, rates: list[float]) -> SpeculationBudget:
+    budget = SpeculationBudget(curve, explore_every=0)
+    stats = budget._stats("d")
+    stats.rates[:] = 0.0
+    stats.rates[: len(rates)] = rates
+    return budget
+
+
+def test_flat_curve_takes_the_whole_tree():
+    budget = trained(FLAT, [0.9, 0.7, 0.5, 0.4] + [0.1] * 60)
+    assert budget.best_size("d", 64) == 64
+
+
+def test_steep_curve_prefers_plain_decoding():
+    budget = trained(STEEP, [0.6, 0.3, 0.1])
+    assert budget.best_size("d", 3) == 0
+
+
+def test_cpu_curve_takes_a_few_good_nodes_only():
+    budget = trained(CPU, [0.8, 0.6, 0.45, 0.3, 0.1, 0.05, 0.05, 0.05])
+    n = budget.best_size("d", 8)
+    assert 2 <= n <= 5
+
+
+def test_rates_are_learned_from_verdicts():
+    budget = SpeculationBudget(CPU, explore_every=0)
+    tree = DraftTree.chain([1, 2, 3, 4])
+    for _ in range(100):
+        budget.observe(tree, Verdict([0, 1], [1, 2, 9]), 0.0)
+    rates = budget.stats[""].rates[:4]
+    assert rates[0] == pytest.approx(1.0, abs=1e-3) and rates[1] == pytest.approx(1.0, abs=1e-3)
+    assert rates[2] == pytest.approx(0.0, abs=1e-3) and rates[3] == pytest.approx(0.0, abs=1e-3)
+    assert budget.best_size("", 4) == 2
+
+
+def test_curve_interpolates_and_extrapolates():
+    curve = CostCurve((1, 4, 8), (1.0, 2.0, 4.0))
+    np.testing.assert_allclose(curve.time([1, 2, 4, 6, 8, 10]), [1.0, 4 / 3, 2.0, 3.0, 4.0, 5.0])
+
+
+def test_measured_curve_is_cached_per_model(tiny_backend, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALSPEC_CACHE_DIR", str(tmp_path))
+    curve = cached_cost_curve(tiny_backend, tiny_model, "cpu", 1)
+    assert curve.sizes[0] == 1 and all(s > 0 for s in curve.seconds)
+    stored = json.loads((tmp_path / "cost_curves.json").read_text())
+    assert len(stored) == 1 and list(stored.values())[0]["sizes"] == list(curve.sizes)
+    assert cached_cost_curve(tiny_backend, tiny_model, "cpu", 1) == curve  # read back, not re-measured
+
+
+def test_budgeted_engine_stays_lossless(loopy_backend):
+    budget = SpeculationBudget(measure_cost_curve(loopy_backend, sizes=(1, 2, 4, 8), repeats=2))
+    prompt = loopy_backend.tokenize("for x in self: print(x)\n" * 4)
+    plain = generate(Engine(loopy_backend), prompt, GenerationSettings(max_tokens=80, drafter="none"))
+    spec = generate(Engine(loopy_backend, budget=budget), prompt,
+                    GenerationSettings(max_tokens=80, drafter="lookup"))
+    assert spec.tokens == plain.tokens
+    assert budget.stats["lookup"].rates[0] > 0.5  # lookup was right often on a looping text

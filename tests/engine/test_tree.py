@@ -1,0 +1,46 @@
+"""DraftTree construction, merging and truncation."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from localspec.tree import DraftTree
+
+paths_strategy = st.lists(st.lists(st.integers(0, 4), min_size=1, max_size=5), min_size=1, max_size=6)
+
+
+@given(st.lists(paths_strategy, min_size=1, max_size=3))
+def test_merge_keeps_every_input_path_and_shares_prefixes(groups):
+    trees = [DraftTree.from_paths(paths) for paths in groups]
+    merged = DraftTree.merge(trees)
+    merged_paths = {tuple(p) for p in merged.paths()}
+    for tree in trees:
+        for path in tree.paths():  # every input path is a prefix of some merged path
+            assert any(mp[: len(path)] == tuple(path) for mp in merged_paths)
+    keys = [(int(p), int(t)) for p, t in zip(merged.parents, merged.tokens)]
+    assert len(keys) == len(set(keys))  # no duplicated (parent, token)
+    assert np.all(merged.parents < np.arange(len(merged)))
+
+
+def test_merge_keeps_the_first_trees_order():
+    a = DraftTree.chain([1, 2, 3])
+    b = DraftTree.from_paths([[1, 2, 9], [7]])
+    merged = DraftTree.merge([a, b])
+    assert merged.tokens.tolist() == [1, 2, 3, 9, 7]
+    assert merged.parents.tolist() == [-1, 0, 1, 1, -1]
+
+
+def test_truncation_is_always_a_valid_tree():
+    tree = DraftTree.from_paths([[1, 2, 3], [1, 4], [5, 6]])
+    for n in range(len(tree) + 1):
+        small = tree.truncated(n)
+        assert len(small) == n and np.all(small.parents < np.arange(n))
+
+
+def test_depths_leaves_and_paths():
+    tree = DraftTree.from_paths([[1, 2, 3], [1, 4], [5]])
+    assert tree.depths.tolist() == [1, 2, 3, 2, 1]
+    assert sorted(tree.paths()) == [[1, 2, 3], [1, 4], [5]]
+    assert tree.path_to(2) == [0, 1, 2]
