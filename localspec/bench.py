@@ -7,9 +7,10 @@ import hashlib
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -152,7 +153,7 @@ def run_bench(prompts: list[BenchPrompt], methods: list[Method], backend, settin
         method.run(encoded[0], warm)
     results: dict[str, dict[str, dict]] = {p.id: {} for p in prompts}
     for repeat in range(repeats):
-        for index, (prompt, tokens) in enumerate(zip(prompts, encoded)):
+        for index, (prompt, tokens) in enumerate(zip(prompts, encoded, strict=False)):
             order = methods[(index + repeat) % len(methods):] + methods[:(index + repeat) % len(methods)]
             for method in order:
                 run = method.run(tokens, settings)
@@ -222,7 +223,8 @@ def markdown_table(report: dict) -> str:
                      f"{s.get('identical_to_none', '-')} |")
     lines += ["", "| category | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for c, row in report["by_category"].items():
-        lines.append(f"| {c} | " + " | ".join(f"{row[m]['speedup_vs_none'] or 0:.2f}x" for m in methods) + " |")
+        cells = " | ".join(f"{row[m]['speedup_vs_none'] or 0:.2f}x" for m in methods)
+        lines.append(f"| {c} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

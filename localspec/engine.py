@@ -6,8 +6,8 @@ cache, the drafter only proposes trees and learns from verdicts, the verifier on
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np

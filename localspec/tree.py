@@ -67,7 +67,8 @@ class DraftTree:
         child_of: dict[tuple[int, int], int] = {}
         for tree in trees:
             mapped = np.empty(len(tree), np.int64)
-            for i, (token, parent) in enumerate(zip(tree.tokens.tolist(), tree.parents.tolist())):
+            pairs = zip(tree.tokens.tolist(), tree.parents.tolist(), strict=True)
+            for i, (token, parent) in enumerate(pairs):
                 key = (int(mapped[parent]) if parent >= 0 else -1, token)
                 if key not in child_of:
                     child_of[key] = len(tokens)

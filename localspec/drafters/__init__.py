@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from localspec.drafters.base import Drafter, NoDrafter
 from localspec.drafters.lookup import PromptLookupDrafter
+from localspec.drafters.recycling import TokenRecyclingDrafter
 from localspec.errors import InvalidSettingsError
 
-DRAFTERS = {"none": NoDrafter, "lookup": PromptLookupDrafter}
+DRAFTERS = {"none": NoDrafter, "lookup": PromptLookupDrafter, "recycling": TokenRecyclingDrafter}
 
 
 def make_drafter(name: str) -> Drafter:

@@ -35,8 +35,10 @@ def test_summary_is_total_tokens_over_total_seconds_against_none():
         return {"tokens": tokens, "seconds": seconds, "mean_accepted": acc, "output_sha256": sha}
 
     rows = [
-        {"id": "a", "category": "c1", "results": {"none": entry(100, 10.0), "fast": entry(100, 2.0, acc=3.0)}},
-        {"id": "b", "category": "c2", "results": {"none": entry(100, 10.0), "fast": entry(100, 8.0, "y")}},
+        {"id": "a", "category": "c1",
+         "results": {"none": entry(100, 10.0), "fast": entry(100, 2.0, acc=3.0)}},
+        {"id": "b", "category": "c2",
+         "results": {"none": entry(100, 10.0), "fast": entry(100, 8.0, "y")}},
     ]
     summary, by_category = summarize(rows, ["none", "fast"])
     assert summary["fast"]["speedup_vs_none"] == pytest.approx(2.0)  # 200/10 vs 200/20

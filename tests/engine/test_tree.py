@@ -19,7 +19,7 @@ def test_merge_keeps_every_input_path_and_shares_prefixes(groups):
     for tree in trees:
         for path in tree.paths():  # every input path is a prefix of some merged path
             assert any(mp[: len(path)] == tuple(path) for mp in merged_paths)
-    keys = [(int(p), int(t)) for p, t in zip(merged.parents, merged.tokens)]
+    keys = [(int(p), int(t)) for p, t in zip(merged.parents, merged.tokens, strict=False)]
     assert len(keys) == len(set(keys))  # no duplicated (parent, token)
     assert np.all(merged.parents < np.arange(len(merged)))
 

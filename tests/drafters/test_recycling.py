@@ -1,0 +1,221 @@
+"""Token Recycling: top-k rows learnt from every verified row, drafted by a static rank template."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from localspec.drafters.recycling import PAPER_LEVEL_COUNTS, TokenRecyclingDrafter, rank_template
+from localspec.engine import Engine
+from localspec.generate import generate
+from localspec.settings import GenerationSettings
+from localspec.tree import DraftTree
+from localspec.verify import Verdict
+
+V = 50  # vocabulary of the hand-made tests
+K = 8
+
+
+def top_k(row: np.ndarray, k: int) -> list[int]:
+    return sorted(range(len(row)), key=lambda t: -row[t])[:k]  # slow and obvious on purpose
+
+
+def filled_drafter(rng: np.random.Generator, unknown: tuple[int, ...] = ()) -> TokenRecyclingDrafter:
+    drafter = TokenRecyclingDrafter(V)
+    assert drafter.adj is not None
+    drafter.adj[:] = np.stack([rng.permutation(V)[:K] for _ in range(V)])
+    drafter.adj[list(unknown)] = -1
+    return drafter
+
+
+def walk(drafter: TokenRecyclingDrafter, root: int, n: int) -> tuple[list[int], list[int]]:
+    """The expected tree of the first n template paths: tokens and parents, unknowns dropped."""
+    assert drafter.adj is not None
+    successors = {t: drafter.adj[t].tolist() for t in range(V)}
+    tokens: list[int] = []
+    parents: list[int] = []
+    node_of: dict[tuple[int, ...], int] = {}
+    for path in drafter.template.paths[:n]:
+        token = root
+        for rank in path:
+            token = successors[token][rank] if token >= 0 else -1
+        parent = node_of.get(path[:-1], -1)
+        if token < 0 or (len(path) > 1 and path[:-1] not in node_of):
+            continue
+        node_of[path] = len(tokens)
+        tokens.append(token)
+        parents.append(parent)
+    return tokens, parents
+
+
+def test_observe_overwrites_each_rows_token_with_its_top_k_in_descending_order(rng):
+    drafter = TokenRecyclingDrafter(V)
+    assert drafter.adj is not None
+    drafter.adj[7] = np.arange(40, 48)  # known before: must be replaced, not merged
+    drafter.begin(np.array([1, 2, 3]))  # root = 3
+    tree = DraftTree(np.array([7, 9, 11], np.int32), np.array([-1, 0, -1], np.int32))
+    logits = rng.standard_normal((4, V)).astype(np.float32)
+    before = drafter.adj.copy()
+    drafter.observe(tree, logits, Verdict([0], [7, 12]))
+    for row, token in enumerate([3, 7, 9, 11]):
+        assert drafter.adj[token].tolist() == top_k(logits[row], K)
+    untouched = np.setdiff1d(np.arange(V), [3, 7, 9, 11])
+    assert np.array_equal(drafter.adj[untouched], before[untouched])
+    # the next root is the bonus token, even when no proposal comes in between
+    again = rng.standard_normal((1, V)).astype(np.float32)
+    drafter.observe(DraftTree.empty(), again, Verdict([], [5]))
+    assert drafter.adj[12].tolist() == top_k(again[0], K)
+    assert drafter.adj[7].tolist() == top_k(logits[1], K)
+
+
+def test_a_token_seen_twice_in_a_batch_keeps_its_last_row(rng):
+    drafter = TokenRecyclingDrafter(V)
+    drafter.begin(np.array([4]))
+    tree = DraftTree(np.array([4, 4], np.int32), np.array([-1, 0], np.int32))
+    logits = rng.standard_normal((3, V)).astype(np.float32)
+    drafter.observe(tree, logits, Verdict([], [1]))
+    assert drafter.adj is not None
+    assert drafter.adj[4].tolist() == top_k(logits[2], K)
+
+
+def test_observe_chunks_many_rows(rng):
+    drafter = TokenRecyclingDrafter(V)
+    drafter.begin(np.array([0]))
+    tokens = rng.permutation(np.arange(1, V))[:45].astype(np.int32)
+    tree = DraftTree.chain(tokens.tolist())
+    logits = rng.standard_normal((46, V)).astype(np.float32)
+    drafter.observe(tree, logits, Verdict([], [1]))
+    assert drafter.adj is not None
+    for row, token in enumerate([0, *tokens.tolist()]):
+        assert drafter.adj[token].tolist() == top_k(logits[row], K)
+
+
+def test_matrix_is_allocated_from_the_first_logits_when_n_vocab_is_left_out(rng):
+    drafter = TokenRecyclingDrafter()
+    assert drafter.adj is None
+    assert len(drafter.propose(np.array([3]), 8)) == 0
+    logits = rng.standard_normal((1, V)).astype(np.float32)
+    drafter.observe(DraftTree.empty(), logits, Verdict([], [2]))
+    assert drafter.adj is not None and drafter.adj.shape == (V, K)
+    assert drafter.adj[3].tolist() == top_k(logits[0], K)
+
+
+@pytest.mark.parametrize("budget", [1, 2, 5, 8, 13, 40, 79, 80, 200])
+def test_propose_follows_the_rank_paths_of_the_template(rng, budget):
+    drafter = filled_drafter(rng)
+    root = 17
+    tree = drafter.propose(np.array([2, 9, root]), budget)
+    tokens, parents = walk(drafter, root, budget)
+    assert len(tree) == min(budget, 80)
+    assert tree.tokens.tolist() == tokens
+    assert tree.parents.tolist() == parents
+    assert tree.source == "recycling"
+    for m in range(len(tree) + 1):  # the engine may cut the tree anywhere
+        cut = tree.truncated(m)
+        assert cut.tokens.tolist() == tokens[:m] and cut.parents.tolist() == parents[:m]
+
+
+def test_nodes_under_unknown_tokens_are_dropped(rng):
+    drafter = filled_drafter(rng)
+    assert drafter.adj is not None
+    root = 17
+    hidden = (int(drafter.adj[root, 0]), int(drafter.adj[root, 2]))
+    drafter.adj[hidden, 1:] = -1  # partly known rows: only rank 0 survives
+    tree = drafter.propose(np.array([root]), 80)
+    tokens, parents = walk(drafter, root, 80)
+    assert 0 < len(tree) < 80
+    assert tree.tokens.tolist() == tokens
+    assert tree.parents.tolist() == parents
+    assert (tree.tokens >= 0).all()
+    drafter.adj[root] = -1
+    assert len(drafter.propose(np.array([root]), 80)) == 0
+
+
+def test_cold_drafter_proposes_nothing_and_begin_seeds_unknown_rows_from_the_prompt():
+    drafter = TokenRecyclingDrafter(V)
+    assert len(drafter.propose(np.array([1, 2, 3]), 80)) == 0
+    assert drafter.adj is not None
+    drafter.adj[5] = np.arange(10, 18)
+    drafter.begin(np.array([1, 2, 3, 5, 6, 1, 4]))
+    assert drafter.adj[1, 0] in (2, 4) and drafter.adj[1, 1] == -1
+    assert drafter.adj[2, 0] == 3 and drafter.adj[3, 0] == 5
+    assert drafter.adj[5].tolist() == list(range(10, 18))  # known rows are kept
+    tree = drafter.propose(np.array([1, 2]), 80)
+    assert tree.tokens.tolist() == [3, 5, 10, 11, 12, 13, 14, 15]  # (0, 0, r) for r < 6
+
+
+def test_paper_template_has_80_nodes_in_six_levels_parents_first():
+    paths = rank_template()
+    assert len(paths) == 80 and len(set(paths)) == 80
+    depths = np.bincount([len(p) for p in paths])[1:]
+    assert tuple(depths.tolist()) == PAPER_LEVEL_COUNTS == (8, 21, 25, 15, 8, 3)
+    assert all(0 <= r < 8 for p in paths for r in p)
+    seen: set[tuple[int, ...]] = set()
+    for path in paths:
+        assert len(path) == 1 or path[:-1] in seen
+        seen.add(path)
+    assert paths[:3] == [(0,), (0, 0), (0, 0, 0)]  # the best guesses come first
+    drafter = TokenRecyclingDrafter(V)
+    assert drafter.template_size == 80
+    leaves = DraftTree(np.zeros(80, np.int32), drafter.template.parents).leaves()
+    assert len(leaves) <= 64  # fits the default max_tree_paths
+
+
+def test_smaller_k_keeps_the_closed_part_of_the_template():
+    drafter = TokenRecyclingDrafter(V, k=2)
+    assert all(max(p) < 2 for p in drafter.template.paths)
+    assert 0 < drafter.template_size < 80
+    with pytest.raises(ValueError):
+        TokenRecyclingDrafter(V, k=2, template=[(0,), (0, 3)])
+    with pytest.raises(ValueError):
+        TokenRecyclingDrafter(V, template=[(0, 0), (0,)])
+
+
+def test_matrix_persists_across_requests_and_fits_in_2_mb(rng, tmp_path):
+    drafter = filled_drafter(rng)
+    assert drafter.adj is not None
+    learnt = drafter.adj.copy()
+    drafter.begin(np.array([3, 4]))
+    drafter.begin(np.array([9]))
+    assert np.array_equal(drafter.adj, learnt)
+
+    path = tmp_path / "recycling.npz"
+    drafter.save(path)
+    other = TokenRecyclingDrafter(V)
+    other.load(path)
+    assert other.adj is not None and np.array_equal(other.adj, learnt)
+    with pytest.raises(ValueError):
+        TokenRecyclingDrafter(V + 1).load(path)
+
+    big = TokenRecyclingDrafter(32000)
+    assert big.adj is not None and big.adj.dtype == np.int32
+    assert big.nbytes <= 2 * 1024 * 1024
+
+
+PROMPTS = ["def f(self):\n    return", "for x in self: print(x)\n", "import the"]
+
+
+@pytest.mark.parametrize("max_draft_tokens", [8, 80])
+def test_greedy_output_equals_plain_decoding(tiny_backend, max_draft_tokens):
+    drafter = TokenRecyclingDrafter(tiny_backend.n_vocab)
+    engine = Engine(tiny_backend, {"recycling": drafter})
+    for text in PROMPTS:
+        prompt = tiny_backend.tokenize(text)
+        plain = generate(engine, prompt, GenerationSettings(max_tokens=40, drafter="none"))
+        spec = generate(engine, prompt, GenerationSettings(max_tokens=40, drafter="recycling",
+                                                           max_draft_tokens=max_draft_tokens))
+        assert spec.tokens == plain.tokens
+
+
+def test_loopy_model_accepts_more_than_one_token_per_step_after_warm_up(loopy_backend):
+    drafter = TokenRecyclingDrafter()  # n_vocab taken from the first logits
+    engine = Engine(loopy_backend, {"recycling": drafter})
+    settings = GenerationSettings(max_tokens=100, drafter="recycling", max_draft_tokens=80)
+    warm = generate(engine, loopy_backend.tokenize("print the"), settings)
+    prompt = loopy_backend.tokenize("for x in self: print(x)\n")
+    result = generate(engine, prompt, settings)
+    plain = generate(engine, prompt, GenerationSettings(max_tokens=100, drafter="none"))
+    assert warm.stats.steps > 0
+    assert result.tokens == plain.tokens
+    assert result.stats.accepted_tokens > 0
+    assert result.stats.mean_accepted > 1.5
