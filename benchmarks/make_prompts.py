@@ -48,15 +48,17 @@ def build(seed: int = 0) -> list[dict]:
     for _ in range(PER_CATEGORY):
         fn = next(pick)
         new = f"{fn.name}_v2"
-        add("rewrite", messages=[{"role": "user", "content":
-                                  f"Rewrite this function with a different name, `{new}`:\n{fenced(fn.code)}"}])
+        ask = f"Rewrite this function with a different name, `{new}`:\n{fenced(fn.code)}"
+        add("rewrite", messages=[{"role": "user", "content": ask}])
     for _ in range(PER_CATEGORY):
         fn = next(pick)
-        add("explain", messages=[{"role": "user", "content": f"{fenced(fn.code)}\nWhat does `{fn.name}` do?"}])
+        ask = f"{fenced(fn.code)}\nWhat does `{fn.name}` do?"
+        add("explain", messages=[{"role": "user", "content": ask}])
     for _ in range(PER_CATEGORY):
         fn = next(pick)
-        add("write", messages=[{"role": "user", "content":
-                                f"Write a function `{fn.signature}` that {fn.summary[:1].lower()}{fn.summary[1:]}."}])
+        task = fn.summary[:1].lower() + fn.summary[1:]
+        ask = f"Write a function `{fn.signature}` that {task}."
+        add("write", messages=[{"role": "user", "content": ask}])
     for _ in range(PER_CATEGORY):
         fn = next(pick)
         add("multi_turn", messages=[
