@@ -5,9 +5,11 @@ from __future__ import annotations
 from localspec.drafters.base import Drafter, NoDrafter
 from localspec.drafters.lookup import PromptLookupDrafter
 from localspec.drafters.recycling import TokenRecyclingDrafter
+from localspec.drafters.retrieval import SuffixAutomatonDrafter
 from localspec.errors import InvalidSettingsError
 
-DRAFTERS = {"none": NoDrafter, "lookup": PromptLookupDrafter, "recycling": TokenRecyclingDrafter}
+DRAFTERS = {"none": NoDrafter, "lookup": PromptLookupDrafter, "recycling": TokenRecyclingDrafter,
+            "retrieval": SuffixAutomatonDrafter}
 
 
 def make_drafter(name: str) -> Drafter:
