@@ -91,8 +91,8 @@ def cli() -> None:
 @click.option("--frequency-penalty", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for sampling.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable); never printed.")
-@click.option("--drafter", "-d", default="lookup", show_default=True,
-              help="Draft method: none (plain decoding) or lookup.")
+@click.option("--drafter", "-d", default="auto", show_default=True,
+              help="Draft method: auto, recycling, retrieval, lookup, or none (plain decoding).")
 @click.option("--draft-tokens", type=int, default=8, show_default=True,
               help="Most draft tokens verified per step.")
 @click.option("--fixed-draft", is_flag=True,
@@ -252,6 +252,23 @@ def bench(model, n_ctx, n_batch, n_threads, n_gpu_layers, kv_type, flash_attn, p
     if not b.write_chart(report, out.with_suffix(".png")):
         _note("matplotlib is not installed; no chart written")
     click.echo(table)
+
+
+@cli.command()
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--target-mb", type=float, default=200.0, show_default=True,
+              help="Weights read per decode step after widening, in MiB.")
+def widen(src, dst, target_mb) -> None:
+    """Write a function-preserving widened copy of a llama GGUF (zero FFN units) for benchmarks."""
+    from localspec.demo.widen import widen_gguf
+
+    if target_mb <= 0:
+        raise click.UsageError("--target-mb must be > 0")
+    result = widen_gguf(src, dst, target_weight_bytes=int(target_mb * 2**20))
+    click.echo(f"wrote {result.path}: n_ff {result.n_ff_before} -> {result.n_ff_after}, "
+               f"{result.step_bytes_before / 2**20:.1f} -> {result.step_bytes_after / 2**20:.1f} MiB "
+               "read per decode step; outputs unchanged")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from localspec.drafters.auto import AutoDrafter
 from localspec.drafters.base import Drafter, NoDrafter
 from localspec.drafters.lookup import PromptLookupDrafter
 from localspec.drafters.recycling import TokenRecyclingDrafter
@@ -9,7 +10,7 @@ from localspec.drafters.retrieval import SuffixAutomatonDrafter
 from localspec.errors import InvalidSettingsError
 
 DRAFTERS = {"none": NoDrafter, "lookup": PromptLookupDrafter, "recycling": TokenRecyclingDrafter,
-            "retrieval": SuffixAutomatonDrafter}
+            "retrieval": SuffixAutomatonDrafter, "auto": AutoDrafter}
 
 
 def make_drafter(name: str) -> Drafter:
