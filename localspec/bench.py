@@ -8,7 +8,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -79,10 +79,7 @@ class EngineMethod:
 
     def run(self, tokens: list[int], settings: GenerationSettings) -> RunResult:
         self.engine.backend.truncate(0)  # every method pays the same prefill
-        settings = GenerationSettings(max_tokens=settings.max_tokens, stop=settings.stop,
-                                      drafter=self.name, max_draft_tokens=settings.max_draft_tokens,
-                                      sampling=settings.sampling)
-        result = generate(self.engine, tokens, settings)
+        result = generate(self.engine, tokens, replace(settings, drafter=self.name))
         output = b"".join(self.engine.backend.token_bytes(t) for t in result.tokens)
         return RunResult(result.tokens, output, result.stats.seconds, result.stats.mean_accepted)
 

@@ -21,11 +21,9 @@ def choose_model(path: str | Path | None) -> ModelChoice:
     """The given path, else the demo model shipped inside the package."""
     if path:
         return ModelChoice(Path(path).expanduser(), False)
-    try:
-        from localspec.demo import demo_model_path
-    except ImportError:
-        demo_model_path = None
-    demo = demo_model_path() if demo_model_path else None
+    from localspec.demo import demo_model_path
+
+    demo = demo_model_path()
     if demo is None:
         raise ModelFileError("no model given and no demo model is installed; pass --model PATH")
     return ModelChoice(demo, True)

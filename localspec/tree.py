@@ -41,19 +41,7 @@ class DraftTree:
     @classmethod
     def from_paths(cls, paths: Iterable[Sequence[int]], source: str = "") -> DraftTree:
         """A trie of the given token paths: shared prefixes become shared nodes."""
-        tokens: list[int] = []
-        parents: list[int] = []
-        child_of: dict[tuple[int, int], int] = {}
-        for path in paths:
-            node = -1
-            for token in path:
-                key = (node, int(token))
-                if key not in child_of:
-                    child_of[key] = len(tokens)
-                    tokens.append(int(token))
-                    parents.append(node)
-                node = child_of[key]
-        return cls(np.asarray(tokens, np.int32), np.asarray(parents, np.int32), source)
+        return cls.merge([cls.chain(p) for p in paths], source)
 
     @classmethod
     def merge(cls, trees: Sequence[DraftTree], source: str = "") -> DraftTree:
