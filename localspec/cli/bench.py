@@ -1,0 +1,89 @@
+"""`localspec bench`: every method on a prompt set, interleaved, against plain decoding."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from localspec.cli.common import (
+    ModelOptions,
+    backend_settings,
+    model_options,
+    note,
+    open_engine,
+    resolve_model,
+)
+from localspec.settings import GenerationSettings, SamplingSettings
+
+
+@click.command()
+@model_options
+@click.option("--prompts", "prompts_path", required=True, type=click.Path(),
+              help="JSONL prompt set: {id, category, prompt} or {id, category, messages}.")
+@click.option("--methods", default="none,lookup,recycling,retrieval,auto,peer-pld,peer-ar",
+              show_default=True, help="Comma-separated methods: drafters, peer-pld, peer-ar.")
+@click.option("--max-tokens", "-n", type=int, default=128, show_default=True)
+@click.option("--temperature", "-t", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--repeats", type=int, default=1, show_default=True)
+@click.option("--draft-tokens", type=int, default=16, show_default=True,
+              help="Most draft tokens a drafter may propose per step.")
+@click.option("--fixed-draft", is_flag=True, help="Verify every drafted token (no cost model).")
+@click.option("--pld-tokens", type=int, default=10, show_default=True,
+              help="num_pred_tokens for llama-cpp-python's prompt lookup (peer-pld).")
+@click.option("--limit", type=int, default=None, help="Use only the first N prompts.")
+@click.option("--json", "json_path", required=True, type=click.Path(), help="Where to write results.")
+def bench(opts: ModelOptions, prompts_path, methods,
+          max_tokens, temperature, seed, repeats, draft_tokens, fixed_draft, pld_tokens, limit,
+          json_path) -> None:
+    """Measure methods against plain decoding and llama-cpp-python on a prompt set."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from localspec import bench as b
+    from localspec.drafters import DRAFTERS
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in DRAFTERS and m not in b.PEER_METHODS]
+    if unknown:
+        raise click.UsageError(f"unknown method(s) {', '.join(unknown)}; choose from "
+                               f"{', '.join([*DRAFTERS, *b.PEER_METHODS])}")
+    if repeats < 1:
+        raise click.UsageError("--repeats must be >= 1")
+    if "none" not in names:
+        names.insert(0, "none")  # every speedup is measured against plain decoding
+    prompts = b.load_prompts(prompts_path)[:limit]
+    sampling = SamplingSettings(temperature=temperature, seed=seed)
+    settings = GenerationSettings(max_tokens=max_tokens, max_draft_tokens=draft_tokens, sampling=sampling)
+    backend_config = backend_settings(opts)
+    choice = resolve_model(opts)
+    note(f"model: {choice.describe()}")
+    backend, engine = open_engine(choice.path, backend_config, use_budget=not fixed_draft)
+    with backend:
+        runners = [b.PeerMethod(m, choice.path, backend.n_ctx, backend_config.n_threads,
+                                backend_config.n_gpu_layers, pld_tokens)
+                   if m in b.PEER_METHODS else b.EngineMethod(m, engine)
+                   for m in names]
+        with Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=None, transient=False) as progress:
+            task = progress.add_task("runs", total=len(prompts) * len(runners) * repeats)
+            report = b.run_bench(prompts, runners, backend, settings, repeats,
+                                 on_run=lambda: progress.advance(task))
+    summary, by_category = b.summarize(report["prompts"], names)
+    report = {"model": choice.path.name, "device": b.device_description(backend_config.n_threads,
+                                                                          backend_config.n_gpu_layers),
+              "settings": {"max_tokens": max_tokens, "temperature": temperature, "seed": seed,
+                           "repeats": repeats, "draft_tokens": draft_tokens, "adaptive": not fixed_draft,
+                           "pld_tokens": pld_tokens, "n_ctx": backend.n_ctx,
+                           "threads": backend_config.n_threads, "prompts": len(prompts)},
+              **report, "summary": summary, "by_category": by_category}
+    out = Path(json_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    table = b.markdown_table(report)
+    out.with_suffix(".md").write_text(table)
+    if not b.write_chart(report, out.with_suffix(".png")):
+        note("matplotlib is not installed; no chart written")
+    click.echo(table)

@@ -1,0 +1,81 @@
+"""`localspec generate`: one prompt in, streamed text out."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from localspec.cli.common import (
+    ModelOptions,
+    backend_settings,
+    model_options,
+    note,
+    open_engine,
+    resolve_model,
+)
+from localspec.settings import GenerationSettings, SamplingSettings
+
+
+@click.command()
+@model_options
+@click.option("--prompt", "-p", required=True, help="Prompt text ('-' reads standard input).")
+@click.option("--chat", is_flag=True, help="Send the prompt as a user message with the chat template.")
+@click.option("--system", default=None, help="System message (with --chat).")
+@click.option("--max-tokens", "-n", type=int, default=256, show_default=True)
+@click.option("--temperature", "-t", type=float, default=0.0, show_default=True,
+              help="0 = greedy.")
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--top-k", type=int, default=0, show_default=True, help="0 = off.")
+@click.option("--min-p", type=float, default=0.0, show_default=True)
+@click.option("--repeat-penalty", type=float, default=1.0, show_default=True)
+@click.option("--presence-penalty", type=float, default=0.0, show_default=True)
+@click.option("--frequency-penalty", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for sampling.")
+@click.option("--stop", multiple=True, help="Stop string (repeatable); never printed.")
+@click.option("--drafter", "-d", default="auto", show_default=True,
+              help="Draft method: auto, recycling, retrieval, lookup, or none (plain decoding).")
+@click.option("--draft-tokens", type=int, default=8, show_default=True,
+              help="Most draft tokens verified per step.")
+@click.option("--fixed-draft", is_flag=True,
+              help="Verify every drafted token instead of letting the cost model pick the tree size.")
+@click.option("--stats", is_flag=True, help="Print one JSON line of speed statistics to stderr.")
+def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, top_p, top_k, min_p,
+             repeat_penalty, presence_penalty, frequency_penalty, seed, stop, drafter, draft_tokens,
+             fixed_draft, stats) -> None:
+    """Generate text from a prompt, streamed to standard output."""
+    from localspec.chat import Message, encode_chat
+    from localspec.drafters import make_drafter
+    from localspec.generate import stream_generate
+
+    sampling = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
+                                frequency_penalty=frequency_penalty, seed=seed)
+    settings = GenerationSettings(max_tokens=max_tokens, stop=tuple(stop), drafter=drafter,
+                                  max_draft_tokens=draft_tokens, sampling=sampling)
+    make_drafter(drafter)  # reject an unknown name before loading anything
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    choice = resolve_model(opts)
+    if choice.is_demo:
+        note(choice.describe())
+    backend, engine = open_engine(choice.path, backend_settings(opts), use_budget=not fixed_draft)
+    with backend:
+        if not backend.supports_trees and drafter != "none":
+            note("this model's cache cannot drop rejected drafts; using plain decoding")
+        if chat:
+            messages = ([Message("system", system)] if system else []) + [Message("user", prompt)]
+            tokens = encode_chat(backend, messages)
+        else:
+            tokens = backend.tokenize(prompt, add_special=True)
+        chunk = None
+        for chunk in stream_generate(engine, tokens, settings):
+            if chunk.text:
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+        if chunk is not None and chunk.finish_reason == "context":
+            note(f"stopped: the context window ({backend.n_ctx} tokens) is full")
+        if stats and chunk is not None:
+            click.echo(json.dumps(chunk.stats.as_dict()), err=True)
