@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from localspec.paths import cache_dir
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
@@ -79,15 +79,6 @@ def model_fingerprint(path: str | Path) -> str:
         f.seek(max(size - (1 << 20), 0))
         h.update(f.read(1 << 20))
     return h.hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    override = os.environ.get("LOCALSPEC_CACHE_DIR")
-    if override:
-        return Path(override)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("localspec"))
 
 
 def cached_cost_curve(backend, model_path: str | Path, device: str, threads: int,

@@ -69,9 +69,9 @@ def rng() -> np.random.Generator:
 
 @pytest.fixture(autouse=True, scope="session")
 def isolated_user_dirs(tmp_path_factory):
-    """Cost curves, profiles and histories go to a temporary folder, never the user's."""
-    cache = tmp_path_factory.mktemp("cache")
+    """Cost curves, profiles and histories go to temporary folders, never the user's."""
     patcher = pytest.MonkeyPatch()
-    patcher.setenv("LOCALSPEC_CACHE_DIR", str(cache))
-    yield cache
+    for kind in ("cache", "config", "data"):
+        patcher.setenv(f"LOCALSPEC_{kind.upper()}_DIR", str(tmp_path_factory.mktemp(kind)))
+    yield
     patcher.undo()

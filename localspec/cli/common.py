@@ -74,8 +74,9 @@ def resolve_model(opts: ModelOptions) -> ModelChoice:
 def open_engine(model_path, settings: BackendSettings, use_budget: bool = True):
     """Load the backend and wrap it in an engine with the device-aware budget (if wanted)."""
     from localspec.backends.llamacpp import LlamaCppBackend
-    from localspec.budget import SpeculationBudget, cache_dir, cached_cost_curve
+    from localspec.budget import SpeculationBudget, cached_cost_curve
     from localspec.engine import Engine
+    from localspec.paths import cache_dir
 
     backend = LlamaCppBackend(model_path, settings)
     budget = None
