@@ -7,7 +7,7 @@ cache, the drafter only proposes trees and learns from verdicts, the verifier on
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,15 +69,18 @@ class Engine:
     """Speculative generation over one backend. Drafters persist across requests."""
 
     def __init__(self, backend: Backend, drafters: Mapping[str, Drafter] | None = None,
-                 budget: SpeculationBudget | None = None) -> None:
+                 budget: SpeculationBudget | None = None,
+                 new_drafter: Callable[[str], Drafter] = make_drafter) -> None:
         self.backend = backend
         self.budget = budget  # None: always verify up to max_draft_tokens
-        self._drafters: dict[str, Drafter] = dict(drafters or {})
+        self.drafters: dict[str, Drafter] = dict(drafters or {})
+        self._new_drafter = new_drafter
 
     def drafter(self, name: str) -> Drafter:
-        if name not in self._drafters:
-            self._drafters[name] = make_drafter(name)
-        return self._drafters[name]
+        """The drafter called `name`, made on first use and kept (what it learnt persists)."""
+        if name not in self.drafters:
+            self.drafters[name] = self._new_drafter(name)
+        return self.drafters[name]
 
     def check_prompt(self, prompt: Sequence[int]) -> None:
         if len(prompt) == 0:

@@ -40,14 +40,20 @@ from localspec.settings import GenerationSettings, SamplingSettings
               help="Most draft tokens verified per step.")
 @click.option("--fixed-draft", is_flag=True,
               help="Verify every drafted token instead of letting the cost model pick the tree size.")
+@click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
+              help="Datastore from `localspec index build`, drafted from by auto and retrieval.")
+@click.option("--learn/--no-learn", default=True, show_default=True,
+              help="Keep Token Recycling's successor matrix on disk for this model between runs.")
 @click.option("--stats", is_flag=True, help="Print one JSON line of speed statistics to stderr.")
 def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, top_p, top_k, min_p,
              repeat_penalty, presence_penalty, frequency_penalty, seed, stop, drafter, draft_tokens,
-             fixed_draft, stats) -> None:
+             fixed_draft, index_path, learn, stats) -> None:
     """Generate text from a prompt, streamed to standard output."""
     from localspec.chat import Message, encode_chat
     from localspec.drafters import make_drafter
+    from localspec.drafters.persist import restore_learned, save_learned
     from localspec.generate import stream_generate
+    from localspec.indexing import check_index, read_index
 
     sampling = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
@@ -55,6 +61,9 @@ def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, 
     settings = GenerationSettings(max_tokens=max_tokens, stop=tuple(stop), drafter=drafter,
                                   max_draft_tokens=draft_tokens, sampling=sampling)
     make_drafter(drafter)  # reject an unknown name before loading anything
+    if index_path and drafter not in ("auto", "retrieval"):
+        raise click.UsageError("--index is used by the auto and retrieval drafters only")
+    store = read_index(index_path) if index_path else None
     if prompt == "-":
         prompt = sys.stdin.read()
     choice = resolve_model(opts)
@@ -64,16 +73,25 @@ def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, 
     with backend:
         if not backend.supports_trees and drafter != "none":
             note("this model's cache cannot drop rejected drafts; using plain decoding")
+        if store is not None:
+            check_index(store, index_path, backend)
+            engine.drafters[drafter] = make_drafter(drafter, store)
+        if learn:
+            restore_learned(engine.drafter(drafter), choice.path, backend.n_vocab)
         if chat:
             messages = ([Message("system", system)] if system else []) + [Message("user", prompt)]
             tokens = encode_chat(backend, messages)
         else:
             tokens = backend.tokenize(prompt, add_special=True)
         chunk = None
-        for chunk in stream_generate(engine, tokens, settings):
-            if chunk.text:
-                sys.stdout.write(chunk.text)
-                sys.stdout.flush()
+        try:
+            for chunk in stream_generate(engine, tokens, settings):
+                if chunk.text:
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+        finally:
+            if learn:
+                save_learned(engine.drafter(drafter), choice.path)
         sys.stdout.write("\n")
         if chunk is not None and chunk.finish_reason == "context":
             note(f"stopped: the context window ({backend.n_ctx} tokens) is full")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from localspec.datastore import Datastore, DatastoreDrafter
 from localspec.drafters.auto import AutoDrafter
-from localspec.drafters.base import Drafter, NoDrafter
+from localspec.drafters.base import Drafter, FusedDrafter, NoDrafter
 from localspec.drafters.lookup import PromptLookupDrafter
 from localspec.drafters.recycling import TokenRecyclingDrafter
 from localspec.drafters.retrieval import SuffixAutomatonDrafter
@@ -13,9 +14,12 @@ DRAFTERS = {"none": NoDrafter, "lookup": PromptLookupDrafter, "recycling": Token
             "retrieval": SuffixAutomatonDrafter, "auto": AutoDrafter}
 
 
-def make_drafter(name: str) -> Drafter:
-    try:
-        return DRAFTERS[name]()
-    except KeyError:
-        raise InvalidSettingsError(
-            f"unknown drafter {name!r}; choose one of: {', '.join(DRAFTERS)}") from None
+def make_drafter(name: str, datastore: Datastore | None = None) -> Drafter:
+    """A fresh drafter by name; a datastore (from `--index`) joins the retrieval-based ones."""
+    if name not in DRAFTERS:
+        raise InvalidSettingsError(f"unknown drafter {name!r}; choose one of: {', '.join(DRAFTERS)}")
+    if datastore is not None and name == "auto":
+        return AutoDrafter(extra=[DatastoreDrafter(datastore)])
+    if datastore is not None and name == "retrieval":
+        return FusedDrafter("retrieval", [SuffixAutomatonDrafter(), DatastoreDrafter(datastore)])
+    return DRAFTERS[name]()

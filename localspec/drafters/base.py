@@ -39,3 +39,24 @@ class NoDrafter:
 
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
         pass
+
+
+class FusedDrafter:
+    """Several drafters verified as one tree: their proposals merged by longest shared prefix,
+    earlier drafters first, so a budget cut drops the later ones' nodes."""
+
+    def __init__(self, name: str, parts: list[Drafter]) -> None:
+        self.name = name
+        self.parts = parts
+
+    def begin(self, prompt: np.ndarray) -> None:
+        for part in self.parts:
+            part.begin(prompt)
+
+    def propose(self, history: np.ndarray, budget: int) -> DraftTree:
+        trees = [t for t in (part.propose(history, budget) for part in self.parts) if len(t)]
+        return DraftTree.merge(trees, self.name).truncated(budget)
+
+    def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
+        for part in self.parts:
+            part.observe(tree, logits, verdict)
