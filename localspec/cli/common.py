@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import click
 
 from localspec.models import ModelChoice, choose_model
 from localspec.settings import KV_CACHE_TYPES, BackendSettings, default_threads
+
+if TYPE_CHECKING:
+    from localspec.planner import Plan
+    from localspec.profiles import Profile
+
+DEFAULTS = BackendSettings(n_threads=1)
 
 
 def note(message: str) -> None:
@@ -20,29 +27,45 @@ class ModelOptions:
     """The model and backend flags as the user gave them (None = not given)."""
 
     model: str | None
-    n_ctx: int
-    n_batch: int
+    n_ctx: int | None
+    n_batch: int | None
     n_threads: int | None
-    n_gpu_layers: int
-    kv_type: str
+    n_gpu_layers: int | None
+    kv_type: str | None
     flash_attn: bool | None
+    budget: str | None = None
+    profile: str | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """Backend settings after flags, profile and (with a budget) the planner had their say."""
+
+    settings: BackendSettings
+    plan: Plan | None = None
+    profile: Profile | None = None
 
 
 _OPTIONS = [
     click.option("--model", "-m", "model", envvar="LOCALSPEC_MODEL", type=click.Path(),
                  help="GGUF model file (default: the built-in demo model)."),
-    click.option("--ctx", "n_ctx", type=int, default=4096, show_default=True,
-                 help="Context window in tokens (0 = the model's own)."),
-    click.option("--batch", "n_batch", type=int, default=512, show_default=True,
-                 help="Largest batch given to one decode call."),
+    click.option("--ctx", "n_ctx", type=int, default=None,
+                 help=f"Context window in tokens (0 = the model's own; default {DEFAULTS.n_ctx})."),
+    click.option("--batch", "n_batch", type=int, default=None,
+                 help=f"Largest batch given to one decode call (default {DEFAULTS.n_batch})."),
     click.option("--threads", "n_threads", type=int, default=None,
                  help="CPU threads (default: physical cores)."),
-    click.option("--gpu-layers", "n_gpu_layers", type=int, default=0, show_default=True,
-                 help="Layers to offload to the GPU (-1 = all)."),
-    click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default="f16",
-                 show_default=True, help="KV cache data type."),
+    click.option("--gpu-layers", "n_gpu_layers", type=int, default=None,
+                 help="Layers to offload to the GPU (-1 = all; default 0, or what fits with --budget)."),
+    click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default=None,
+                 help=f"KV cache data type (default {DEFAULTS.kv_type})."),
     click.option("--flash-attn/--no-flash-attn", default=None,
                  help="Force flash attention on or off (default: llama.cpp decides)."),
+    click.option("--budget", envvar="LOCALSPEC_BUDGET", default=None,
+                 help="Memory budget, e.g. 6GiB, 512MiB or 50% (of free memory); settings are "
+                      "planned to fit."),
+    click.option("--profile", envvar="LOCALSPEC_PROFILE", default=None,
+                 help="Settings profile: a preset (cpu-8gb, cuda-12gb, ...) or one `localspec tune` wrote."),
 ]
 
 
@@ -60,11 +83,50 @@ def model_options(command):
     return wrapper
 
 
-def backend_settings(opts: ModelOptions) -> BackendSettings:
-    return BackendSettings(n_ctx=opts.n_ctx, n_batch=opts.n_batch,
-                           n_threads=opts.n_threads or default_threads(),
-                           n_gpu_layers=opts.n_gpu_layers, kv_type=opts.kv_type,
-                           flash_attn=opts.flash_attn)
+def resolve_settings(opts: ModelOptions, model_path=None, measure: bool = True) -> ResolvedSettings:
+    """The one place settings are decided: defaults < preset < tuned profile < flags, then the
+    planner fits whatever was not given by a flag into the budget (if a budget was given).
+    `measure=False` never loads the model (the memory scratch is then estimated if not cached)."""
+    from localspec.profiles import layer_settings, load_profile
+
+    profile = load_profile(opts.profile) if opts.profile else None
+    flags = {f.name: getattr(opts, f.name) for f in fields(ModelOptions)
+             if f.name not in ("model", "profile")}
+    values, fixed = layer_settings(profile, flags)
+    budget_text = values.pop("budget", None)
+    values.pop("tree_nodes", None)
+    values.pop("drafter", None)
+    backend_keys = {f.name for f in fields(BackendSettings)}
+    values["n_threads"] = values.get("n_threads") or default_threads()
+    if budget_text is None:
+        return ResolvedSettings(BackendSettings(**{k: v for k, v in values.items() if k in backend_keys}),
+                                None, profile)
+    from localspec.device import probe
+    from localspec.memory import ModelMemory, ScratchModel, cached_scratch, calibrate
+    from localspec.planner import Planner, SpeedModel, parse_budget
+
+    path = model_path or resolve_model(opts).path
+    device = probe()
+    available = device.gpu_free if device.kind != "cpu" else device.ram_available
+    budget = parse_budget(budget_text, available)
+    model = ModelMemory.from_gguf(path)
+    scratch = cached_scratch(path, values["n_threads"])
+    if scratch is None and measure:
+        note("measuring this model's working memory once (cached for next time)")
+        scratch = calibrate(path, values["n_threads"])
+    measured = profile.measured if profile else {}
+    speed = SpeedModel(speedups=measured.get("speedups")) if measured.get("speedups") else SpeedModel()
+    planner = Planner(model, device, scratch or ScratchModel.analytic(model), speed, values["n_threads"])
+    base = BackendSettings(**{k: v for k, v in values.items() if k in backend_keys}
+                           | {"n_ctx": values.get("n_ctx", 0)})
+    settings_profile = profile.settings if profile else {}
+    plan = planner.plan(budget, base, tree_nodes=int(settings_profile.get("tree_nodes", 64)),
+                        drafter=str(settings_profile.get("drafter", "auto")), fixed=fixed)
+    return ResolvedSettings(plan.settings, plan, profile)
+
+
+def backend_settings(opts: ModelOptions, model_path=None) -> BackendSettings:
+    return resolve_settings(opts, model_path).settings
 
 
 def resolve_model(opts: ModelOptions) -> ModelChoice:
@@ -85,5 +147,5 @@ def open_engine(model_path, settings: BackendSettings, use_budget: bool = True):
         if not (cache_dir() / "cost_curves.json").exists():
             note("measuring this machine's verify cost once (cached for next time)")
         curve = cached_cost_curve(backend, model_path, device, settings.n_threads)
-        budget = SpeculationBudget(curve)
+        budget = SpeculationBudget(curve, max_nodes=min(64, backend.n_batch - 1))
     return backend, Engine(backend, budget=budget)

@@ -1,0 +1,60 @@
+"""`localspec tune`: measure this machine with a model, plan its memory, write a profile."""
+
+from __future__ import annotations
+
+import click
+
+from localspec.cli.common import ModelOptions, model_options, note, resolve_model
+
+
+@click.command()
+@model_options
+@click.option("--name", default="tuned", show_default=True,
+              help="Profile name to write (use it later with --profile NAME).")
+@click.option("--max-tokens", "-n", type=int, default=64, show_default=True,
+              help="Tokens generated per prompt when measuring speed.")
+def tune(opts: ModelOptions, name, max_tokens) -> None:
+    """Measure memory, verify cost and drafter acceptance; write a tuned profile."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from localspec.device import probe
+    from localspec.planner import format_bytes, parse_budget
+    from localspec.settings import default_threads
+    from localspec.tune import tune as run_tune
+
+    choice = resolve_model(opts)
+    if choice.is_demo:
+        note(choice.describe())
+    threads = opts.n_threads or default_threads()
+    budget = None
+    if opts.budget:
+        device = probe()
+        budget = parse_budget(opts.budget, device.gpu_free if device.kind != "cpu" else device.ram_available)
+    console = Console(stderr=True)
+    labels = {"calibrate": "memory calibration", "memory": "memory checks",
+              "cost curve": "verify cost curve", "speed": "speed and acceptance"}
+    columns = (TextColumn("{task.description:<22}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bars:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(labels.get(stage, stage), total=total)
+            bars.update(tasks[stage], completed=done, total=total)
+
+        result = run_tune(choice.path, budget, threads, budget_text=opts.budget, name=name,
+                          max_tokens=max_tokens, progress=progress)
+    plan, s = result.plan, result.plan.settings
+    click.echo(f"memory model: {', '.join(f'{c.label}: {c.error:+.1%}' for c in result.checks)} "
+               "(predicted vs measured peak RSS)")
+    click.echo(f"plan: ctx {s.n_ctx}, batch {s.n_batch}, kv {s.kv_type}, gpu layers {s.n_gpu_layers}, "
+               f"tree {plan.tree_nodes} nodes / {s.max_tree_paths} paths, drafter {plan.drafter}; "
+               f"{format_bytes(plan.memory.total)}"
+               + (f" of {format_bytes(budget)}" if budget else ""))
+    if plan.traded:
+        click.echo(f"traded: {', '.join(plan.traded)}")
+    speeds = ", ".join(f"{d} {r.tokens_per_s:.1f} tok/s" for d, r in result.speeds.items())
+    click.echo(f"speed: {speeds}")
+    click.echo(f"measured speedup of {plan.drafter}: {result.speedup:.2f}x plain decoding")
+    click.echo(f"profile written: {result.profile_path} (use --profile {name})")

@@ -1,0 +1,1 @@
+"""Preset memory profiles (TOML), packaged with the wheel; read by `localspec.profiles`."""
