@@ -1,0 +1,82 @@
+"""The app's plain-Python parts: settings, status text, export, model listing, model wrapper."""
+
+from __future__ import annotations
+
+from localspec.chat import Message
+from localspec.settings import BackendSettings
+from tui.chatmodel import LiveStats, load_llamacpp
+from tui.export import slug, to_markdown
+from tui.history import Conversation, StoredMessage
+from tui.models import add_model_folder, find_models, model_folders
+from tui.options import ChatSettings
+from tui.status import MemoryUse, StatusInfo, drafter_summary, human_bytes
+
+
+def test_chat_settings_round_trip_and_fall_back_on_bad_values():
+    settings = ChatSettings(system_prompt="be brief", temperature=0.8, seed=3)
+    assert ChatSettings.from_dict(settings.to_dict()) == settings
+    assert ChatSettings.from_dict({"temperature": -1}) == ChatSettings()
+    assert ChatSettings.from_dict({"future_option": 1, "top_k": 5}).top_k == 5
+    generation = settings.generation()
+    assert generation.drafter == "auto" and generation.sampling.temperature == 0.8
+
+
+def test_status_text_names_drafters_memory_and_context():
+    stats = LiveStats(tokens=30, steps=12, tokens_per_s=123.4, mean_accepted=2.5,
+                      by_source={"auto:recycling": 4, "auto:retrieval": 9})
+    info = StatusInfo(state="ready", stats=stats, memory=MemoryUse(300 << 20, 8 << 30, "budget"),
+                      context_used=200, n_ctx=4096)
+    assert info.text() == ("ready │ 123 tok/s │ 2.50 tok/step │ drafts: retrieval 9, recycling 4 │ "
+                           "mem 300 MiB/8.0 GiB budget │ ctx 200/4096")
+    assert StatusInfo(state="loading model").text() == "loading model"
+    assert drafter_summary({}) == "none accepted"
+    assert human_bytes(512) == "512 B" and human_bytes(3 << 30) == "3.0 GiB"
+
+
+def test_live_stats_survive_storage():
+    stats = LiveStats(tokens=5, steps=2, by_source={"lookup": 3}, step_tokens=(4, 1))
+    assert LiveStats.from_dict(stats.to_dict()) == stats
+
+
+def test_markdown_export():
+    conversation = Conversation(1, "Lists in Python", 0.0, 0.0)
+    messages = [StoredMessage(1, "user", "What is a list?"), StoredMessage(2, "assistant", "A sequence.\n")]
+    text = to_markdown(conversation, messages, "Be brief.")
+    assert text.startswith("# Lists in Python\n")
+    assert "## System\n\nBe brief.\n\n## You\n\nWhat is a list?\n\n## Assistant\n\nA sequence.\n" in text
+    assert slug("Lists in Python?!") == "lists-in-python" and slug("???") == "conversation"
+
+
+def test_model_folders_and_listing(tmp_path, demo_model):
+    config = tmp_path / "config"
+    assert model_folders(config) == []
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "bad.gguf").write_bytes(b"nope")
+    assert add_model_folder(config, folder) == [folder]
+    assert add_model_folder(config, folder) == [folder]  # no duplicates
+    entries = find_models([demo_model.parent, *model_folders(config), tmp_path / "missing"], n_ctx=2048)
+    by_name = {e.name: e for e in entries}
+    assert by_name["bad.gguf"].planned_bytes is None and "GGUF" in by_name["bad.gguf"].note
+    demo = by_name[demo_model.name]
+    assert demo.planned_bytes > demo.file_size
+    larger = find_models([demo_model], n_ctx=8192)[0]
+    assert larger.planned_bytes > demo.planned_bytes  # more context, more KV cache
+
+
+def test_chat_model_reports_steps_and_kv_reuse(demo_model):
+    model = load_llamacpp(demo_model, BackendSettings(n_ctx=512, n_threads=1))
+    try:
+        settings = ChatSettings(max_tokens=24).generation()
+        first = list(model.reply([Message("user", "hello")], settings))
+        last = first[-1]
+        assert last.finish_reason in ("stop", "length")
+        assert sum(last.stats.step_tokens) == last.stats.tokens
+        assert len(last.stats.step_tokens) == last.stats.steps
+        text = "".join(p.text for p in first)
+        again = list(model.reply([Message("user", "hello"), Message("assistant", text),
+                                  Message("user", "more")], settings))
+        assert again[-1].stats.reused_tokens >= last.stats.prompt_tokens - 1
+        assert model.context_used == again[-1].context_used
+    finally:
+        model.close()

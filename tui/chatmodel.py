@@ -1,0 +1,116 @@
+"""A loaded model for the chat app: answers a conversation as a stream of progress records.
+
+Plain Python, no Textual: the app runs `reply` in a worker thread. One lock serialises every use
+of the backend, so closing the model waits for the step in flight instead of freeing it under it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localspec.backends.base import Backend
+from localspec.chat import Message, encode_chat
+from localspec.engine import Engine, common_prefix_length
+from localspec.generate import SpecStats, stream_generate
+from localspec.settings import BackendSettings, GenerationSettings
+
+
+@dataclass(frozen=True)
+class LiveStats:
+    """A snapshot of one answer's counters, safe to hand to the UI thread and to store."""
+
+    tokens: int = 0
+    steps: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    tokens_per_s: float = 0.0
+    mean_accepted: float = 0.0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose KV was already cached
+    by_source: dict[str, int] = field(default_factory=dict)
+    step_tokens: tuple[int, ...] = ()  # tokens produced by each step: the sparkline
+
+    @classmethod
+    def of(cls, stats: SpecStats, reused: int, step_tokens: tuple[int, ...]) -> LiveStats:
+        return cls(stats.tokens, stats.steps, stats.draft_tokens, stats.accepted_tokens,
+                   stats.tokens_per_s, stats.mean_accepted, stats.prompt_tokens, reused,
+                   dict(stats.by_source), step_tokens)
+
+    def to_dict(self) -> dict:
+        return {"tokens": self.tokens, "steps": self.steps, "draft_tokens": self.draft_tokens,
+                "accepted_tokens": self.accepted_tokens, "tokens_per_s": round(self.tokens_per_s, 2),
+                "mean_accepted": round(self.mean_accepted, 3), "prompt_tokens": self.prompt_tokens,
+                "reused_tokens": self.reused_tokens, "by_source": self.by_source,
+                "step_tokens": list(self.step_tokens)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LiveStats:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["step_tokens"] = tuple(known.get("step_tokens", ()))
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What one step added to the answer, with the running stats and the context in use."""
+
+    text: str
+    stats: LiveStats
+    context_used: int
+    finish_reason: str | None = None
+
+
+class ChatModel:
+    def __init__(self, path: Path, backend: Backend, engine: Engine,
+                 memory_budget: int | None = None) -> None:
+        self.path = Path(path)
+        self.backend = backend
+        self.engine = engine
+        self.memory_budget = memory_budget  # bytes, when a memory plan chose the settings
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def n_ctx(self) -> int:
+        return self.backend.n_ctx
+
+    @property
+    def context_used(self) -> int:
+        return len(self.backend.tokens)
+
+    def reply(self, messages: Sequence[Message], settings: GenerationSettings) -> Iterator[Progress]:
+        """Stream the assistant's answer. Stop iterating (and close) to cancel; the KV cache stays
+        valid, so the next turn re-prefills only what changed."""
+        with self._lock:
+            prompt = encode_chat(self.backend, messages)
+            self.engine.check_prompt(prompt)
+            reused = common_prefix_length(self.backend.tokens, prompt[:-1])
+            steps: list[int] = []
+            seen_tokens = seen_steps = 0
+            for chunk in stream_generate(self.engine, prompt, settings):
+                if chunk.stats.steps > seen_steps:
+                    steps.append(chunk.stats.tokens - seen_tokens)
+                seen_tokens, seen_steps = chunk.stats.tokens, chunk.stats.steps
+                yield Progress(chunk.text, LiveStats.of(chunk.stats, reused, tuple(steps)),
+                               len(self.backend.tokens), chunk.finish_reason)
+
+    def close(self) -> None:
+        with self._lock:
+            self.backend.close()
+
+
+ModelLoader = Callable[[Path], ChatModel]
+
+
+def load_llamacpp(path: Path, settings: BackendSettings | None = None) -> ChatModel:
+    """The plain loader (no cost-curve budget); `localspec chat` passes one with the budget."""
+    from localspec.backends.llamacpp import LlamaCppBackend
+
+    backend = LlamaCppBackend(path, settings)
+    return ChatModel(path, backend, Engine(backend))
