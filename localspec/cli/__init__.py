@@ -12,7 +12,7 @@ import click
 from localspec.cli.common import note
 from localspec.errors import LocalspecError
 
-COMMAND_MODULES = ("generate", "info", "bench", "widen", "index", "tune", "chat")
+COMMAND_MODULES = ("generate", "info", "bench", "widen", "index", "tune", "chat", "serve")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

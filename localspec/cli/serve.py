@@ -1,0 +1,83 @@
+"""`localspec serve`: the OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from localspec.cli.common import (
+    ModelOptions,
+    backend_settings,
+    model_options,
+    note,
+    open_engine,
+    resolve_model,
+)
+from localspec.errors import LocalspecError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+GRACE_SECONDS = 10  # in-flight requests may finish this long after SIGINT/SIGTERM, then are cancelled
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@click.command()
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (anything but loopback exposes the model to the network).")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--api-key", envvar="LOCALSPEC_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on every route but /health.")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="Allow browser requests from this origin (repeatable; '*' for any). Default: none.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
+@click.option("--drafter", "-d", default="auto", show_default=True,
+              help="Draft method when a request does not choose: auto, recycling, retrieval, lookup, none.")
+@click.option("--draft-tokens", type=int, default=8, show_default=True,
+              help="Most draft tokens verified per step.")
+@click.option("--fixed-draft", is_flag=True,
+              help="Verify every drafted token instead of letting the cost model pick the tree size.")
+@click.option("--learn/--no-learn", default=True, show_default=True,
+              help="Keep Token Recycling's successor matrix on disk for this model between runs.")
+def serve(opts: ModelOptions, host, port, api_key, cors_origins, log_level, drafter, draft_tokens,
+          fixed_draft, learn) -> None:
+    """Serve the model to OpenAI clients: /v1/chat/completions, /v1/completions, /v1/models,
+    /health and /metrics. Requests run one at a time, in arrival order."""
+    import uvicorn
+
+    from localspec.drafters import make_drafter
+    from localspec.server import ServerConfig, create_app
+    from localspec.session import LoadedModel, Session, State
+
+    make_drafter(drafter)  # reject an unknown name before loading anything
+    choice = resolve_model(opts)
+    config = ServerConfig(model_id=choice.path.stem, api_key=api_key, cors_origins=tuple(cors_origins),
+                          drafter=drafter, max_draft_tokens=draft_tokens)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if host not in LOOPBACK and not api_key:
+        note(f"warning: listening on {host} without --api-key: anyone who can reach it can use it")
+
+    def load() -> LoadedModel:
+        from localspec.drafters.persist import restore_learned, save_learned
+
+        settings = backend_settings(opts, choice.path)  # may plan memory (--budget): part of loading
+        backend, engine = open_engine(choice.path, settings, use_budget=not fixed_draft)
+        if learn:
+            restore_learned(engine.drafter(drafter), choice.path, backend.n_vocab)
+        logging.getLogger("localspec.server").info("model ready: %s (context %d tokens)",
+                                                   choice.describe(), backend.n_ctx)
+        return LoadedModel(backend, engine,
+                           (lambda: save_learned(engine.drafter(drafter), choice.path)) if learn else None)
+
+    def on_state(state: State) -> None:
+        if state is State.FAILED:
+            server.should_exit = True  # nothing to serve: stop instead of answering 503 forever
+
+    session = Session(load, on_state=on_state)
+    app = create_app(config, session)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                                           log_level=log_level, timeout_graceful_shutdown=GRACE_SECONDS))
+    note(f"serving {choice.describe()} on http://{host}:{port}/v1 (Ctrl+C stops)")
+    server.run()  # returns after a graceful shutdown; uvicorn then re-raises the signal that stopped it
+    if session.error is not None:
+        raise LocalspecError(f"could not load the model: {session.error}")
