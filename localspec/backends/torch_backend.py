@@ -1,0 +1,294 @@
+"""The torch backend: a GGUF run by our own PyTorch model, behind the same interface as llama.cpp.
+
+Tokenisation is llama.cpp's own (the GGUF loaded with `vocab_only`), so token ids and bytes are
+exactly what the llama.cpp backend produces. Cache slots: committed tokens fill [0, n_past); a
+verify writes the pending root at n_past and tree node i at n_past + 1 + i (rope position
+n_past + depth); commit moves the accepted nodes' K/V down next to the root. Slots from
+`scratch_base` on are free for drafters (a layer-skipped draft, a skip-set evaluation); the next
+verify overwrites whatever they wrote.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp as lc
+import numpy as np
+import torch
+
+import localspec.backends.llamacpp  # noqa: F401  (routes llama.cpp's log lines into its buffer)
+from localspec.backends.torch_model import FULL, SkipSet, Transformer, load_gguf
+from localspec.budget import CostCurve, measure_cost_curve, model_fingerprint
+from localspec.errors import ContextOverflowError, InvalidSettingsError, ModelFileError
+from localspec.modelfile import read_model_file
+from localspec.paths import cache_dir
+from localspec.settings import default_threads
+from localspec.tree import DraftTree
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def best_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@dataclass(frozen=True)
+class TorchSettings:
+    device: str | None = None  # cuda | mps | cpu; None = the best available
+    dtype: str | None = None  # None = bfloat16 on CPUs with native bf16, else float32; GPU float16
+    n_ctx: int = 4096  # 0 = the model's training context
+    n_threads: int = field(default_factory=default_threads)
+    max_tree_nodes: int = 128  # most nodes one verify takes
+    scratch_slots: int = 192  # cache rows past the tree region, for drafters
+
+    def __post_init__(self) -> None:
+        if self.device not in (None, "cuda", "mps", "cpu") and not str(self.device).startswith("cuda:"):
+            raise InvalidSettingsError(f"device must be cuda, mps or cpu, got {self.device!r}")
+        if self.dtype not in (None, *DTYPES):
+            raise InvalidSettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.n_ctx < 0 or self.n_threads < 1 or self.max_tree_nodes < 1 or self.scratch_slots < 0:
+            raise InvalidSettingsError("n_ctx, n_threads, max_tree_nodes and scratch_slots out of range")
+
+    def resolved_device(self) -> str:
+        return self.device or best_device()
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype:
+            return DTYPES[self.dtype]
+        if self.resolved_device() != "cpu":
+            return torch.float16
+        # with native bf16 a verify of 2-16 tokens costs what one costs; f32 GEMM is 2-5x slower
+        return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def visibility(n_prefix: int, base: int, parents: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Attention mask [n, base + n]: row i sees slots [0, n_prefix) and, among slots base + j,
+    itself and its ancestors (parents[i] = -1: none). Slots in [n_prefix, base) stay hidden."""
+    n = len(parents)
+    block = np.eye(n, dtype=bool)
+    for i, parent in enumerate(parents.tolist()):  # parents come first; n is the block size
+        if parent >= 0:
+            block[i] |= block[parent]
+    mask = np.zeros((n, base + n), bool)
+    mask[:, :n_prefix] = True
+    mask[:, base:] = block
+    return torch.from_numpy(mask).to(device)
+
+
+def chain_parents(n: int) -> np.ndarray:
+    return np.arange(-1, n - 1)
+
+
+class LlamaVocab:
+    """llama.cpp's tokenizer for a GGUF, loaded without weights."""
+
+    def __init__(self, path: Path) -> None:
+        lc.llama_backend_init()
+        params = lc.llama_model_default_params()
+        params.vocab_only = True
+        self._model = lc.llama_model_load_from_file(str(path).encode(), params)
+        if not self._model:
+            raise ModelFileError(f"llama.cpp cannot read the vocabulary of {path.name}")
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        self.bos_token = lc.llama_vocab_bos(self._vocab)
+        self.eos_token = lc.llama_vocab_eos(self._vocab)
+        raw = lc.llama_model_chat_template(self._model, None)
+        self.chat_template = raw.decode("utf-8", "replace") if raw else None
+        self._pieces: dict[int, bytes] = {}
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (lc.llama_token * capacity)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
+        if n < 0:
+            capacity = -n
+            buf = (lc.llama_token * capacity)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        key = token if not special else -1 - token
+        piece = self._pieces.get(key)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+            piece = self._pieces[key] = buf.raw[:n]
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self._vocab, token))
+
+    def close(self) -> None:
+        if getattr(self, "_model", None):
+            lc.llama_model_free(self._model)
+            self._model = None
+
+
+class TorchBackend:
+    supports_trees = True
+
+    def __init__(self, model_path: str | Path, settings: TorchSettings | None = None) -> None:
+        self.settings = settings = settings or TorchSettings()
+        self.info = read_model_file(model_path)
+        self.device = settings.resolved_device()
+        torch.set_num_threads(settings.n_threads)
+        self.vocab = LlamaVocab(self.info.path)
+        self.n_ctx = settings.n_ctx or self.info.context_length
+        self.max_tree_paths = settings.max_tree_nodes
+        n_slots = self.n_ctx + settings.max_tree_nodes + 1 + settings.scratch_slots
+        self.model: Transformer = load_gguf(self.info.path, n_slots, self.device, settings.resolved_dtype())
+        self.n_vocab = self.model.args.vocab_size
+        self._tokens: list[int] = []
+        self._dev = self.model.device
+
+    # -- vocabulary ---------------------------------------------------------------------------
+
+    @property
+    def tokens(self) -> list[int]:
+        return self._tokens
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.vocab.chat_template
+
+    @property
+    def bos_token(self) -> int:
+        return self.vocab.bos_token
+
+    @property
+    def eos_token(self) -> int:
+        return self.vocab.eos_token
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self.vocab.tokenize(text, add_special, parse_special)
+
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        return self.vocab.token_bytes(token, special)
+
+    def special_token_text(self, token: int) -> str:
+        return "" if token < 0 else self.token_bytes(token, special=True).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return self.vocab.is_eog(token)
+
+    # -- forward passes -----------------------------------------------------------------------
+
+    @property
+    def scratch_base(self) -> int:
+        """First cache slot no verify of the current step can touch."""
+        return len(self._tokens) + 1 + self.settings.max_tree_nodes
+
+    def run(self, tokens: np.ndarray | list[int], positions: np.ndarray, slots: np.ndarray,
+            mask: torch.Tensor, skip: SkipSet = FULL, rows: np.ndarray | None = None
+            ) -> torch.Tensor | None:
+        """One forward of the (possibly layer-skipped) model; float32 logits on the device."""
+        def t(a) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(a, np.int64), device=self._dev)
+
+        return self.model(t(tokens), t(positions), t(slots), mask, skip,
+                          None if rows is None else t(rows))
+
+    def run_tree(self, n_past: int, tokens: np.ndarray, parents: np.ndarray, depths: np.ndarray,
+                 base: int, skip: SkipSet = FULL) -> torch.Tensor:
+        """Tokens forming a tree (parents -1 = hanging off the committed prefix) at slots base + i,
+        rope position n_past + depth - 1; every row sees the first n_past slots."""
+        mask = visibility(n_past, base, parents, self._dev)
+        return self.run(tokens, n_past + depths - 1, base + np.arange(len(tokens)), mask, skip)
+
+    def exit_argmax_tree(self, n_past: int, tokens: np.ndarray, parents: np.ndarray, depths: np.ndarray,
+                         base: int) -> np.ndarray:
+        """Like run_tree with the full model, but the argmax after every layer: [n_layer, n]."""
+        def t(a) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(a, np.int64), device=self._dev)
+
+        mask = visibility(n_past, base, parents, self._dev)
+        return self.model.exit_argmax(t(tokens), t(n_past + depths - 1), t(base + np.arange(len(tokens))),
+                                      mask).cpu().numpy()
+
+    # -- the Backend contract ---------------------------------------------------------------------
+
+    def truncate(self, n_keep: int) -> None:
+        del self._tokens[n_keep:]  # later writes overwrite the dropped slots
+
+    def prefill(self, tokens: list[int], chunk: int = 256) -> None:
+        if len(self._tokens) + len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"{len(self._tokens) + len(tokens)} tokens do not fit the context of {self.n_ctx}")
+        for start in range(0, len(tokens), chunk):
+            part = tokens[start:start + chunk]
+            n_past, n = len(self._tokens), len(part)
+            mask = visibility(n_past, n_past, chain_parents(n), self._dev)
+            positions = np.arange(n_past, n_past + n)
+            self.run(part, positions, positions, mask, rows=np.zeros(0, np.int64))
+            self._tokens.extend(part)
+
+    def verify(self, root: int, tree: DraftTree) -> np.ndarray:
+        """Root + tree in one forward; logits [1 + len(tree), n_vocab] as float32."""
+        n_past, n = len(self._tokens), 1 + len(tree)
+        if len(tree) > self.settings.max_tree_nodes or n_past + n > self.n_ctx:
+            raise ContextOverflowError(f"a tree of {len(tree)} nodes does not fit (n_past={n_past})")
+        tokens = np.concatenate([[root], tree.tokens]).astype(np.int64)
+        parents = np.concatenate([[-1], tree.parents + 1])
+        depths = np.concatenate([[1], tree.depths + 1])
+        return self.run_tree(n_past, tokens, parents, depths, n_past).cpu().numpy()
+
+    def commit(self, root: int, tree: DraftTree, accepted: list[int]) -> None:
+        """Keep root + the accepted path: move the accepted nodes' K/V next to the root."""
+        n_past = len(self._tokens)
+        if accepted and accepted != list(range(len(accepted))):
+            src = torch.as_tensor(n_past + 1 + np.asarray(accepted), device=self._dev)
+            dst = torch.arange(n_past + 1, n_past + 1 + len(accepted), device=self._dev)
+            self.model.cache.move(src, dst)
+        self._tokens.append(root)
+        self._tokens.extend(tree.tokens[accepted].tolist())
+
+    def close(self) -> None:
+        self.vocab.close()
+
+    def __enter__(self) -> TorchBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def cached_torch_cost_curve(backend: TorchBackend, refresh: bool = False,
+                            sizes: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
+                            ) -> CostCurve:
+    """The verify cost curve t(n) of this model on this device, dtype and thread count (cached)."""
+    s = backend.settings
+    key = (f"{model_fingerprint(backend.info.path)}|torch|{backend.device}|{s.resolved_dtype()}|"
+           f"{s.n_threads}")
+    store = cache_dir() / "cost_curves.json"
+    try:
+        data = json.loads(store.read_text()) if store.exists() else {}
+    except (OSError, ValueError):
+        data = {}
+    if key in data and not refresh:
+        return CostCurve.from_json(data[key])
+    curve = measure_cost_curve(backend, sizes=sizes, repeats=3)
+    data[key] = curve.to_json()
+    store.parent.mkdir(parents=True, exist_ok=True)
+    tmp = store.with_suffix(f".{id(backend)}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(store)
+    return curve

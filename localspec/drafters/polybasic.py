@@ -1,0 +1,172 @@
+"""Polybasic drafting chains: a model-free drafter -> the layer-skipped model -> the full model.
+
+Three chains compete, each a pipeline of verifiers of rising cost:
+  free       the model-free tree (recycling + retrieval, `auto`) goes straight to the full model;
+  skip       the layer-skipped model drafts a chain (SWIFT);
+  free+skip  the skipped model verifies the model-free tree in one cheap tree forward, keeps the
+             path it agrees with, extends it from there, and the full model verifies the result
+             merged with the rest of the model-free tree.
+Which chain runs comes from measured cost and acceptance, as in the budget: for each chain an
+online estimate of tokens per step, drafting seconds and verified nodes; its speed is tokens over
+(drafting + t(nodes + 1)) from the backend's cost curve, and the fastest runs (each is retried now
+and then). This is the seed paper's stage-insertion rule measured rather than derived: inserting
+the skipped model pays iff it raises tokens per second.
+
+Every stage is lossless for its verifier: the full model applies the engine's exact greedy or
+sampling rule to whatever it is given, and `verify_chain_sampled` is the exact rule for drafts
+drawn from a real distribution q (accept with min(1, p/q), else sample norm(max(p - q, 0))).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from localspec.backends.torch_backend import TorchBackend
+from localspec.budget import CostCurve
+from localspec.drafters import Drafter, make_drafter
+from localspec.drafters.auto import AutoDrafter
+from localspec.drafters.layerskip import LayerSkipDrafter, LayerSkipSettings, draft_chain
+from localspec.sampling import Distribution
+from localspec.tree import DraftTree
+from localspec.verify import Coin, Verdict, verify_greedy
+
+CHAINS = ("free", "skip", "free+skip")
+
+
+def residual(p: Distribution, q: Distribution) -> Distribution:
+    """norm(max(p - q, 0)); p itself where q covers none of p's mass beyond p (never empty)."""
+    q_at = np.array([q.prob(int(t)) for t in p.ids])
+    left = np.maximum(p.probs - q_at, 0.0)
+    if left.sum() <= 0.0:
+        return p
+    keep = left > 0
+    return Distribution(p.ids[keep], left[keep] / left.sum())
+
+
+def verify_chain_sampled(tokens: list[int], q_at: Callable[[int], Distribution],
+                         p_at: Callable[[int], Distribution], coin: Coin) -> Verdict:
+    """Speculative sampling on a chain drafted from q: token i is accepted with
+    min(1, p_i(x) / q_i(x)); the first rejection draws from norm(max(p_i - q_i, 0)); if all are
+    accepted the bonus comes from p after the last. Outputs are distributed exactly as p.
+    Row i of p_at/q_at is the distribution before token i (row len(tokens) only for p)."""
+    for i, token in enumerate(tokens):
+        p, q = p_at(i), q_at(i)
+        p_x, q_x = p.prob(token), q.prob(token)
+        if p_x > 0.0 and coin.accept(min(1.0, p_x / q_x)):
+            continue
+        return Verdict(list(range(i)), list(tokens[:i]) + [coin.draw(residual(p, q))])
+    return Verdict(list(range(len(tokens))), list(tokens) + [coin.draw(p_at(len(tokens)))])
+
+
+@dataclass
+class ChainStats:
+    """Online estimates for one chain (exponential moving averages)."""
+
+    tokens: float = 2.0  # optimistic, so every chain gets tried
+    nodes: float = 4.0
+    draft_seconds: float = 0.0
+    runs: int = 0
+    alpha: float = 0.2
+
+    def update(self, tokens: int, nodes: int, draft_seconds: float) -> None:
+        a = self.alpha if self.runs else 1.0
+        self.tokens += a * (tokens - self.tokens)
+        self.nodes += a * (nodes - self.nodes)
+        self.draft_seconds += a * (draft_seconds - self.draft_seconds)
+        self.runs += 1
+
+
+class PolybasicDrafter:
+    name = "polybasic"
+
+    def __init__(self, backend: TorchBackend, curve: CostCurve, free: Drafter | None = None,
+                 settings: LayerSkipSettings | None = None, explore_every: int = 24) -> None:
+        self.backend = backend
+        self.curve = curve
+        self.free = free or AutoDrafter()
+        self.skipper = LayerSkipDrafter(backend, curve, settings)
+        self.explore_every = explore_every
+        self.stats = {c: ChainStats() for c in CHAINS}
+        self._steps = 0
+        self._pending: tuple[str, float] | None = None
+
+    def begin(self, prompt: np.ndarray) -> None:
+        self.free.begin(prompt)
+        self.skipper.begin(prompt)
+
+    def choose(self) -> str:
+        usable = [c for c in CHAINS if c == "free" or self.skipper.skip is not None]
+        self._steps += 1
+        if self.explore_every and self._steps % self.explore_every == 0:
+            return min(usable, key=lambda c: self.stats[c].runs)
+        return max(usable, key=self.speed)
+
+    def speed(self, chain: str) -> float:
+        s = self.stats[chain]
+        return s.tokens / (s.draft_seconds + float(self.curve.time(s.nodes + 1)))
+
+    def propose(self, history: np.ndarray, budget: int) -> DraftTree:
+        start = time.perf_counter()
+        if not self.skipper.settled:
+            self.skipper.optimise(history)
+        chain = self.choose()
+        if chain == "skip":
+            tree = self.skipper.propose(history, budget)
+        else:
+            tree = self.free.propose(history, budget)
+            if chain == "free+skip" and len(tree):
+                tree = self.refine(tree, int(history[-1]), budget)
+        self._pending = (chain, time.perf_counter() - start)
+        return DraftTree(tree.tokens, tree.parents, f"{self.name}:{chain}")
+
+    def refine(self, tree: DraftTree, root: int, budget: int) -> DraftTree:
+        """The skipped model verifies `tree` greedily in one forward and extends the path it
+        accepts; the extended chain goes first, then the rest of the tree."""
+        backend, skip, s = self.backend, self.skipper.skip, self.skipper.settings
+        n_past = len(backend.tokens)
+        tokens = np.concatenate([[root], tree.tokens])
+        parents = np.concatenate([[-1], tree.parents + 1])
+        depths = np.concatenate([[1], tree.depths + 1])
+        logits = backend.run_tree(n_past, tokens, parents, depths, n_past, skip)
+        top, argmax = (t.cpu().numpy() for t in logits.softmax(-1).max(-1))
+        verdict = verify_greedy(tree, argmax)
+        path, row = verdict.accepted, (verdict.accepted[-1] + 1 if verdict.accepted else 0)
+        chain = tree.tokens[path].tolist()
+        room = min(budget, s.max_draft + len(path)) - len(chain)
+        if top[row] >= s.confidence and room > 0:
+            bonus = int(argmax[row])
+            visible = [n_past] + [n_past + 1 + a for a in path]
+            more = draft_chain(backend, skip, n_past, bonus, n_past + len(path) + 1, n_past + len(tokens),
+                               visible, room - 1, s.confidence)
+            chain += [bonus, *more]
+        return DraftTree.merge([DraftTree.chain(chain), tree]).truncated(budget)
+
+    def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
+        self.free.observe(tree, logits, verdict)
+        if self._pending is None:
+            return
+        chain, seconds = self._pending
+        self._pending = None
+        self.stats[chain].update(verdict.n_accepted + 1, len(tree), seconds)
+        if chain == "skip" and len(tree):
+            self.skipper.depth.update(len(tree), verdict.n_accepted)
+
+
+def torch_drafter_factory(backend: TorchBackend, curve: CostCurve | None = None,
+                          settings: LayerSkipSettings | None = None) -> Callable[[str], Drafter]:
+    """Engine(new_drafter=...) for a torch backend: `layerskip` and `polybasic` get the model,
+    every other name goes to `make_drafter`."""
+    def new_drafter(name: str) -> Drafter:
+        if name == "layerskip":
+            return LayerSkipDrafter(backend, curve, settings)
+        if name == "polybasic":
+            if curve is None:
+                raise ValueError("polybasic needs the backend's measured cost curve")
+            return PolybasicDrafter(backend, curve, settings=settings)
+        return make_drafter(name)
+
+    return new_drafter

@@ -1,0 +1,125 @@
+"""Layer-skip and polybasic drafting through the engine: greedy output equals plain decoding,
+sampling keeps the target distribution, and the real-q verifier is exactly lossless."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from localspec.backends.torch_model import SkipSet
+from localspec.budget import CostCurve
+from localspec.drafters.layerskip import LayerSkipDrafter, LayerSkipSettings, SkipSetSearch, chain_speed
+from localspec.drafters.polybasic import PolybasicDrafter, torch_drafter_factory, verify_chain_sampled
+from localspec.engine import Engine
+from localspec.generate import generate
+from localspec.sampling import Distribution
+from localspec.settings import GenerationSettings, SamplingSettings
+from tests.engine.test_lossless_sampling import contingency_p_value
+from tests.engine.test_verify import enumerate_outputs
+
+CURVE = CostCurve((1, 4, 16, 64), (0.010, 0.011, 0.013, 0.030))
+FAST = LayerSkipSettings(min_window=4, window=16, max_evals=6)
+
+
+@pytest.fixture()
+def engine(torch_backend):
+    return Engine(torch_backend, new_drafter=torch_drafter_factory(torch_backend, CURVE, FAST))
+
+
+@pytest.mark.parametrize("drafter", ["layerskip", "polybasic"])
+def test_greedy_equals_plain_decoding(engine, torch_backend, drafter):
+    rng = np.random.default_rng(4)
+    for _ in range(2):
+        prompt = rng.integers(0, torch_backend.n_vocab, 12).tolist()
+        plain = generate(engine, prompt, GenerationSettings(max_tokens=40, drafter="none"))
+        spec = generate(engine, prompt, GenerationSettings(max_tokens=40, drafter=drafter,
+                                                           max_draft_tokens=12))
+        assert spec.tokens == plain.tokens
+
+
+def test_layerskip_drafts_once_a_skip_set_is_found(engine, torch_backend):
+    skipper = engine.drafter("layerskip")
+    skipper.skip, skipper.settled = SkipSet(frozenset(), frozenset({2})), True  # a fixed, mild skip
+    prompt = np.random.default_rng(5).integers(0, torch_backend.n_vocab, 12).tolist()
+    result = generate(engine, prompt, GenerationSettings(max_tokens=30, drafter="layerskip",
+                                                         max_draft_tokens=8))
+    assert result.stats.draft_tokens > 0 and result.stats.accepted_tokens > 0
+
+
+def test_optimised_skip_set_is_cached_per_task(torch_backend):
+    drafter = LayerSkipDrafter(torch_backend, CURVE, FAST, task="cache-test")
+    prompt = np.random.default_rng(6).integers(0, torch_backend.n_vocab, 40).astype(np.int32)
+    torch_backend.truncate(0)
+    torch_backend.prefill(prompt[:-1].tolist())
+    drafter.begin(prompt[:20])
+    while not drafter.settled:
+        drafter.propose(prompt, 4)
+    assert 0 < drafter.evals <= FAST.max_evals
+    again = LayerSkipDrafter(torch_backend, CURVE, FAST, task="cache-test")
+    again.begin(prompt[:20])
+    assert again.settled and again.skip == drafter.skip
+
+
+def test_search_never_skips_first_or_last_layer_and_bo_proposes_untried():
+    search = SkipSetSearch(6, LayerSkipSettings(bo_every=2))
+    for step in range(12):
+        bits = search.propose()
+        skip = search.to_skip(bits)
+        assert not ({0, 5} & (skip.attn | skip.mlp))
+        assert bits.tobytes() not in search.tried or step == 0
+        search.record(bits, float(bits[:2].sum() - bits[2:].sum()))
+
+
+def test_chain_speed_prefers_no_draft_when_acceptance_is_low():
+    flat = np.ones(10)
+    assert chain_speed(np.full(8, 0.05), 0.5, flat)[1] == 0
+    assert chain_speed(np.full(8, 0.95), 0.1, flat)[1] >= 4
+
+
+def test_polybasic_sampling_keeps_the_distribution(torch_backend):
+    """Temperature 1: first two tokens through the chain vs plain sampling (chi-square)."""
+    engine = Engine(torch_backend, new_drafter=torch_drafter_factory(torch_backend, CURVE, FAST))
+    poly: PolybasicDrafter = engine.drafter("polybasic")
+    poly.skipper.skip, poly.skipper.settled = SkipSet(frozenset(), frozenset({2})), True
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6]
+
+    def sample(drafter: str, seed: int) -> tuple[int, ...]:
+        settings = GenerationSettings(max_tokens=2, drafter=drafter, max_draft_tokens=6,
+                                      sampling=SamplingSettings(temperature=1.0, top_k=5, seed=seed))
+        return tuple(generate(engine, prompt, settings).tokens)
+
+    runs = 300
+    plain = Counter(sample("none", s) for s in range(runs))
+    spec = Counter(sample("polybasic", runs + s) for s in range(runs))
+    assert contingency_p_value(plain, spec) > 1e-3
+
+
+def dist(probs: dict[int, float]) -> Distribution:
+    ids = np.array(list(probs), np.int64)
+    p = np.array(list(probs.values()))
+    return Distribution(ids, p / p.sum())
+
+
+def test_real_q_chain_verifier_is_exact():
+    """Drafts drawn from q, verified with min(1, p/q) and the residual: enumerating every coin
+    outcome, the first token is distributed exactly as p0 and the second (given the first) as p1."""
+    p_rows = [dist({1: 0.5, 2: 0.3, 3: 0.2}), dist({4: 0.6, 5: 0.4}), dist({6: 1.0})]
+    q_rows = [dist({1: 0.2, 2: 0.7, 3: 0.1}), dist({4: 0.1, 5: 0.9})]
+
+    def run(coin):
+        draft = [coin.draw(q) for q in q_rows]
+        return verify_chain_sampled(draft, lambda i: q_rows[i], lambda i: p_rows[i], coin).tokens
+
+    outputs = enumerate_outputs(run)
+    assert sum(outputs.values()) == pytest.approx(1.0)
+    for depth, p in enumerate(p_rows[:2]):
+        for prefix in ({()} if depth == 0 else {t[:1] for t in outputs if len(t) > 1}):
+            found: dict[int, float] = {}
+            for tokens, weight in outputs.items():
+                if len(tokens) > depth and tokens[:depth] == prefix:
+                    found[tokens[depth]] = found.get(tokens[depth], 0.0) + weight
+            total = sum(found.values())
+            for token, prob in zip(p.ids.tolist(), p.probs.tolist(), strict=True):
+                assert found.get(token, 0.0) / total == pytest.approx(prob, abs=1e-12)
