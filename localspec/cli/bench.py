@@ -43,13 +43,15 @@ def bench(opts: ModelOptions, prompts_path, methods,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from localspec import bench as b
-    from localspec.drafters import DRAFTERS
+    from localspec.drafters import DRAFTERS, TORCH_DRAFTERS
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in DRAFTERS and m not in b.PEER_METHODS]
+    known = [*DRAFTERS, *b.PEER_METHODS, *(TORCH_DRAFTERS if opts.backend == "torch" else ())]
+    unknown = [m for m in names if m not in known]
     if unknown:
-        raise click.UsageError(f"unknown method(s) {', '.join(unknown)}; choose from "
-                               f"{', '.join([*DRAFTERS, *b.PEER_METHODS])}")
+        hint = " (layerskip and polybasic need --backend torch)" if set(unknown) & set(TORCH_DRAFTERS) else ""
+        raise click.UsageError(f"unknown method(s) {', '.join(unknown)}; "
+                               f"choose from {', '.join(known)}{hint}")
     if repeats < 1:
         raise click.UsageError("--repeats must be >= 1")
     if "none" not in names:
@@ -60,7 +62,8 @@ def bench(opts: ModelOptions, prompts_path, methods,
     backend_config = backend_settings(opts)
     choice = resolve_model(opts)
     note(f"model: {choice.describe()}")
-    backend, engine = open_engine(choice.path, backend_config, use_budget=not fixed_draft)
+    backend, engine = open_engine(choice.path, backend_config, use_budget=not fixed_draft,
+                                  runtime=opts.runtime)
     with backend:
         runners = [b.PeerMethod(m, choice.path, backend.n_ctx, backend_config.n_threads,
                                 backend_config.n_gpu_layers, pld_tokens)
@@ -72,8 +75,10 @@ def bench(opts: ModelOptions, prompts_path, methods,
             report = b.run_bench(prompts, runners, backend, settings, repeats,
                                  on_run=lambda: progress.advance(task))
     summary, by_category = b.summarize(report["prompts"], names)
-    report = {"model": choice.path.name, "device": b.device_description(backend_config.n_threads,
-                                                                          backend_config.n_gpu_layers),
+    device = b.device_description(backend_config.n_threads, backend_config.n_gpu_layers)
+    if opts.backend == "torch":
+        device = f"torch {backend.device} {backend.settings.resolved_dtype()}, {device}"
+    report = {"model": choice.path.name, "device": device,
               "settings": {"max_tokens": max_tokens, "temperature": temperature, "seed": seed,
                            "repeats": repeats, "draft_tokens": draft_tokens, "adaptive": not fixed_draft,
                            "pld_tokens": pld_tokens, "n_ctx": backend.n_ctx,

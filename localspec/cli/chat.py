@@ -25,7 +25,8 @@ def chat(opts: ModelOptions, fixed_draft: bool) -> None:
     def load(path: Path) -> ChatModel:
         # runs in the app's loading worker, so planning and cost-curve measuring never block the window
         resolved = resolve_settings(replace(opts, model=str(path)), path)
-        backend, engine = open_engine(path, resolved.settings, use_budget=not fixed_draft)
+        backend, engine = open_engine(path, resolved.settings, use_budget=not fixed_draft,
+                                       runtime=opts.runtime)
         budget = resolved.plan.budget if resolved.plan is not None else None
         return ChatModel(path, backend, engine, memory_budget=budget)
 

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from localspec.profiles import Profile
 
 DEFAULTS = BackendSettings(n_threads=1)
+BACKENDS = ("llamacpp", "torch")
+TORCH_DEVICES = ("cuda", "mps", "cpu")
+TORCH_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def note(message: str) -> None:
@@ -35,6 +38,22 @@ class ModelOptions:
     flash_attn: bool | None
     budget: str | None = None
     profile: str | None = None
+    backend: str = "llamacpp"
+    device: str | None = None
+    dtype: str | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        return Runtime(self.backend, self.device, self.dtype)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Which backend runs the model: llama.cpp (default) or plain PyTorch on a chosen device."""
+
+    backend: str = "llamacpp"
+    device: str | None = None  # torch only: cuda | mps | cpu (None = best available)
+    dtype: str | None = None  # torch only: float32 | float16 | bfloat16 (None = by device)
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,13 @@ _OPTIONS = [
                       "planned to fit."),
     click.option("--profile", envvar="LOCALSPEC_PROFILE", default=None,
                  help="Settings profile: a preset (cpu-8gb, cuda-12gb, ...) or one `localspec tune` wrote."),
+    click.option("--backend", type=click.Choice(BACKENDS), default="llamacpp", show_default=True,
+                 help="llama.cpp, or plain PyTorch (needs the torch extra; adds layerskip and polybasic)."),
+    click.option("--device", type=click.Choice(TORCH_DEVICES), default=None,
+                 help="Torch backend device (default: cuda, then mps, then cpu)."),
+    click.option("--dtype", type=click.Choice(TORCH_DTYPES), default=None,
+                 help="Torch backend weights and cache type (default: float16 on GPU, bfloat16 or "
+                      "float32 on CPU)."),
 ]
 
 
@@ -91,7 +117,7 @@ def resolve_settings(opts: ModelOptions, model_path=None, measure: bool = True) 
 
     profile = load_profile(opts.profile) if opts.profile else None
     flags = {f.name: getattr(opts, f.name) for f in fields(ModelOptions)
-             if f.name not in ("model", "profile")}
+             if f.name not in ("model", "profile", "backend", "device", "dtype")}
     values, fixed = layer_settings(profile, flags)
     budget_text = values.pop("budget", None)
     values.pop("tree_nodes", None)
@@ -133,8 +159,24 @@ def resolve_model(opts: ModelOptions) -> ModelChoice:
     return choose_model(opts.model)
 
 
-def open_engine(model_path, settings: BackendSettings, use_budget: bool = True):
+def check_drafter(name: str, runtime: Runtime) -> None:
+    """Reject an unknown drafter, or a torch-only one on llama.cpp, before loading anything."""
+    from localspec.drafters import TORCH_DRAFTERS, make_drafter
+
+    if name in TORCH_DRAFTERS:
+        if runtime.backend != "torch":
+            raise click.UsageError(f"the {name} drafter runs the model itself: add --backend torch")
+        return
+    make_drafter(name)
+
+
+def open_engine(model_path, settings: BackendSettings, use_budget: bool = True,
+                runtime: Runtime = Runtime()):
     """Load the backend and wrap it in an engine with the device-aware budget (if wanted)."""
+    if runtime.backend == "torch":
+        return _open_torch_engine(model_path, settings, use_budget, runtime)
+    if runtime.device or runtime.dtype:
+        raise click.UsageError("--device and --dtype choose for --backend torch; llama.cpp uses --gpu-layers")
     from localspec.backends.llamacpp import LlamaCppBackend
     from localspec.budget import SpeculationBudget, cached_cost_curve
     from localspec.engine import Engine
@@ -149,3 +191,24 @@ def open_engine(model_path, settings: BackendSettings, use_budget: bool = True):
         curve = cached_cost_curve(backend, model_path, device, settings.n_threads)
         budget = SpeculationBudget(curve, max_nodes=min(64, backend.n_batch - 1))
     return backend, Engine(backend, budget=budget)
+
+
+def _open_torch_engine(model_path, settings: BackendSettings, use_budget: bool, runtime: Runtime):
+    try:
+        from localspec.backends.torch_backend import TorchBackend, TorchSettings, cached_torch_cost_curve
+        from localspec.drafters.polybasic import torch_drafter_factory
+    except ImportError:
+        raise click.UsageError("--backend torch needs PyTorch: pip install 'localspec[torch]'") from None
+    from localspec.budget import SpeculationBudget
+    from localspec.engine import Engine
+
+    backend = TorchBackend(model_path, TorchSettings(device=runtime.device, dtype=runtime.dtype,
+                                                     n_ctx=settings.n_ctx, n_threads=settings.n_threads))
+    curve = None
+    if use_budget:
+        note(f"torch backend on {backend.device}, {backend.settings.resolved_dtype()}; "
+             "verify cost measured once per model and device (cached)")
+        curve = cached_torch_cost_curve(backend)
+    engine = Engine(backend, budget=SpeculationBudget(curve) if curve else None,
+                    new_drafter=torch_drafter_factory(backend, curve))
+    return backend, engine

@@ -10,6 +10,7 @@ import click
 from localspec.cli.common import (
     ModelOptions,
     backend_settings,
+    check_drafter,
     model_options,
     note,
     open_engine,
@@ -60,7 +61,7 @@ def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, 
                                 frequency_penalty=frequency_penalty, seed=seed)
     settings = GenerationSettings(max_tokens=max_tokens, stop=tuple(stop), drafter=drafter,
                                   max_draft_tokens=draft_tokens, sampling=sampling)
-    make_drafter(drafter)  # reject an unknown name before loading anything
+    check_drafter(drafter, opts.runtime)
     if index_path and drafter not in ("auto", "retrieval"):
         raise click.UsageError("--index is used by the auto and retrieval drafters only")
     store = read_index(index_path) if index_path else None
@@ -69,7 +70,8 @@ def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, 
     choice = resolve_model(opts)
     if choice.is_demo:
         note(choice.describe())
-    backend, engine = open_engine(choice.path, backend_settings(opts), use_budget=not fixed_draft)
+    backend, engine = open_engine(choice.path, backend_settings(opts), use_budget=not fixed_draft,
+                                  runtime=opts.runtime)
     with backend:
         if not backend.supports_trees and drafter != "none":
             note("this model's cache cannot drop rejected drafts; using plain decoding")

@@ -9,6 +9,7 @@ import click
 from localspec.cli.common import (
     ModelOptions,
     backend_settings,
+    check_drafter,
     model_options,
     note,
     open_engine,
@@ -45,11 +46,10 @@ def serve(opts: ModelOptions, host, port, api_key, cors_origins, log_level, draf
     /health and /metrics. Requests run one at a time, in arrival order."""
     import uvicorn
 
-    from localspec.drafters import make_drafter
     from localspec.server import ServerConfig, create_app
     from localspec.session import LoadedModel, Session, State
 
-    make_drafter(drafter)  # reject an unknown name before loading anything
+    check_drafter(drafter, opts.runtime)
     choice = resolve_model(opts)
     config = ServerConfig(model_id=choice.path.stem, api_key=api_key, cors_origins=tuple(cors_origins),
                           drafter=drafter, max_draft_tokens=draft_tokens)
@@ -61,7 +61,8 @@ def serve(opts: ModelOptions, host, port, api_key, cors_origins, log_level, draf
         from localspec.drafters.persist import restore_learned, save_learned
 
         settings = backend_settings(opts, choice.path)  # may plan memory (--budget): part of loading
-        backend, engine = open_engine(choice.path, settings, use_budget=not fixed_draft)
+        backend, engine = open_engine(choice.path, settings, use_budget=not fixed_draft,
+                                      runtime=opts.runtime)
         if learn:
             restore_learned(engine.drafter(drafter), choice.path, backend.n_vocab)
         logging.getLogger("localspec.server").info("model ready: %s (context %d tokens)",

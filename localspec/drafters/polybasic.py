@@ -30,6 +30,7 @@ from localspec.budget import CostCurve
 from localspec.drafters import Drafter, make_drafter
 from localspec.drafters.auto import AutoDrafter
 from localspec.drafters.layerskip import LayerSkipDrafter, LayerSkipSettings, draft_chain
+from localspec.errors import InvalidSettingsError
 from localspec.sampling import Distribution
 from localspec.tree import DraftTree
 from localspec.verify import Coin, Verdict, verify_greedy
@@ -165,7 +166,7 @@ def torch_drafter_factory(backend: TorchBackend, curve: CostCurve | None = None,
             return LayerSkipDrafter(backend, curve, settings)
         if name == "polybasic":
             if curve is None:
-                raise ValueError("polybasic needs the backend's measured cost curve")
+                raise InvalidSettingsError("polybasic needs the measured cost curve: drop --fixed-draft")
             return PolybasicDrafter(backend, curve, settings=settings)
         return make_drafter(name)
 

@@ -1,0 +1,48 @@
+"""`--backend torch` on the command line: layerskip and polybasic through generate and bench."""
+
+from __future__ import annotations
+
+import json
+
+from localspec.cli import main
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_layerskip_and_polybasic_equal_plain_torch_decoding(capsys, torch_model_path):
+    base = ["generate", "-m", str(torch_model_path), "-p", "def f(x):", "-n", "24", "--threads", "1",
+            "--ctx", "256", "--backend", "torch", "--device", "cpu", "--dtype", "float32", "--no-learn"]
+    code, plain, _ = run(capsys, *base, "--drafter", "none")
+    assert code == 0 and plain.strip()
+    for drafter in ("layerskip", "polybasic"):
+        code, out, err = run(capsys, *base, "--drafter", drafter, "--stats")
+        assert code == 0, err
+        assert out == plain
+        assert json.loads(err.strip().splitlines()[-1])["drafter"] == drafter
+
+
+def test_torch_drafters_need_the_torch_backend(capsys, torch_model_path):
+    code, _, err = run(capsys, "generate", "-m", str(torch_model_path), "-p", "x", "--drafter", "layerskip")
+    assert code == 2 and "--backend torch" in err and "Traceback" not in err
+
+
+def test_device_and_dtype_belong_to_the_torch_backend(capsys, torch_model_path):
+    code, _, err = run(capsys, "generate", "-m", str(torch_model_path), "-p", "x", "--dtype", "float16")
+    assert code == 2 and "--backend torch" in err
+
+
+def test_bench_runs_torch_methods(capsys, tmp_path, torch_model_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "category": "code", "prompt": "def add(a, b):"}) + "\n")
+    out = tmp_path / "r.json"
+    code, _, err = run(capsys, "bench", "-m", str(torch_model_path), "--prompts", str(prompts),
+                       "--methods", "none,layerskip", "-n", "12", "--threads", "1", "--ctx", "256",
+                       "--backend", "torch", "--device", "cpu", "--dtype", "float32", "--json", str(out))
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report["device"].startswith("torch cpu")
+    assert report["summary"]["layerskip"]["identical_to_none"] == 1.0
