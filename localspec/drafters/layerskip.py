@@ -46,6 +46,7 @@ class LayerSkipSettings:
     max_evals: int = 40  # ...or after this many evaluations
     bo_every: int = 5  # a Bayesian-optimisation proposal every this many evaluations
     max_skip_ratio: float = 0.75  # of the optimisable sublayers
+    probe_every: int = 16  # when drafting does not pay, still draft once in this many steps
     seed: int = 0
 
 
@@ -267,6 +268,9 @@ class LayerSkipDrafter:
         sizes = np.arange(1, 34)
         t = curve.time(sizes) if curve is not None else 1.0 + 0.02 * (sizes - 1)
         self.verify_cost = t / t[0]  # in units of one full forward of one token
+        self.forward_seconds = float(t[0]) if curve is not None else None
+        self.level_seconds: float | None = None  # measured seconds of one draft level (EMA)
+        self._declined = 0
         self.task = "text"
         self.skip: SkipSet | None = None
         self.score = 0.0
@@ -304,12 +308,27 @@ class LayerSkipDrafter:
             self.optimise(history)
         if self.skip is None or budget <= 0:
             return DraftTree.empty(self.name)
-        _, length = chain_speed(self.depth.rates[: self.settings.max_draft], self.draft_cost(self.skip),
+        _, length = chain_speed(self.depth.rates[: self.settings.max_draft], self.measured_draft_cost(),
                                 self.verify_cost)
+        if length == 0 and self._declined < self.settings.probe_every:
+            self._declined += 1  # plain decoding is faster at the acceptance seen; probe now and then
+            return DraftTree.empty(self.name)
+        self._declined = 0
         s = self.settings
+        start = time.perf_counter()
         tree = draft_tree(self.backend, self.skip, int(history[-1]), max(length, 1), budget, s.width,
                           s.beam, s.confidence if s.width == 1 else s.tree_stop)
+        if len(tree):
+            seconds = (time.perf_counter() - start) / int(tree.depths.max())
+            self.level_seconds = seconds if self.level_seconds is None else \
+                self.level_seconds + 0.2 * (seconds - self.level_seconds)
         return DraftTree(tree.tokens, tree.parents, self.name)
+
+    def measured_draft_cost(self) -> float:
+        """One draft level in units of a full forward: timed once drafting has run, else estimated."""
+        if self.level_seconds is None or self.forward_seconds is None:
+            return self.draft_cost(self.skip)
+        return self.level_seconds / self.forward_seconds
 
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
         if len(tree) and tree.source == self.name:

@@ -48,6 +48,20 @@ def test_layerskip_drafts_once_a_skip_set_is_found(engine, torch_backend):
     assert result.stats.draft_tokens > 0 and result.stats.accepted_tokens > 0
 
 
+def test_layerskip_declines_to_draft_when_it_does_not_pay_but_still_probes(torch_backend):
+    settings = LayerSkipSettings(probe_every=3, tree_stop=0.0)  # the probe always drafts
+    drafter = LayerSkipDrafter(torch_backend, CURVE, settings, task="decline-test")
+    prompt = np.random.default_rng(7).integers(0, torch_backend.n_vocab, 12).astype(np.int32)
+    torch_backend.truncate(0)
+    torch_backend.prefill(prompt[:-1].tolist())
+    drafter.begin(prompt)
+    drafter.skip, drafter.settled = SkipSet(frozenset(), frozenset({2})), True
+    drafter.depth.rates[:] = 0.01  # its drafts are almost never accepted
+    sizes = [len(drafter.propose(prompt, 8)) for _ in range(8)]
+    assert sizes[:3] == [0, 0, 0] and sizes[3] > 0  # three declined steps, then one probe
+    assert sizes[4:7] == [0, 0, 0] and drafter.level_seconds is not None
+
+
 def test_optimised_skip_set_is_cached_per_task(torch_backend):
     drafter = LayerSkipDrafter(torch_backend, CURVE, FAST, task="cache-test")
     prompt = np.random.default_rng(6).integers(0, torch_backend.n_vocab, 40).astype(np.int32)
