@@ -160,11 +160,12 @@ def random_llama_weights(config: LlamaConfig, seed: int = 0, scale: float = 0.08
 
 
 def write_llama_gguf(path: str | Path, config: LlamaConfig, weights: Mapping[str, np.ndarray],
-                     tokenizer: TokenizerSpec, weight_type: str = "f32", name: str = "model"
-                     ) -> Path:
-    """Write a llama-architecture GGUF. 1-D tensors (norms) are always stored as f32."""
+                     tokenizer: TokenizerSpec, weight_type: str = "f32", name: str = "model",
+                     arch: str = "llama") -> Path:
+    """Write a llama-family GGUF (`arch` names the key prefix: llama, qwen2, ...). 1-D tensors
+    (norms, biases) are always stored as f32."""
     path = Path(path)
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
     writer.add_file_type(FILE_TYPES[weight_type])
     writer.add_vocab_size(config.vocab_size)

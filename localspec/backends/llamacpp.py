@@ -54,6 +54,29 @@ def _last_error() -> str:
     return "llama.cpp could not load it"
 
 
+def vocab_tokenize(vocab, text: str, add_special: bool, parse_special: bool) -> list[int]:
+    """llama.cpp's tokenizer; a negative count means the buffer was short by that much."""
+    data = text.encode("utf-8")
+    capacity = len(data) + 8
+    buf = (lc.llama_token * capacity)()
+    n = lc.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
+    if n < 0:
+        capacity = -n
+        buf = (lc.llama_token * capacity)()
+        n = lc.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
+    return list(buf[:n])
+
+
+def vocab_piece(vocab, token: int, special: bool) -> bytes:
+    """The bytes of one token (special tokens as text only when `special`)."""
+    buf = ctypes.create_string_buffer(64)
+    n = lc.llama_token_to_piece(vocab, token, buf, 64, 0, special)
+    if n < 0:
+        buf = ctypes.create_string_buffer(-n)
+        n = lc.llama_token_to_piece(vocab, token, buf, -n, 0, special)
+    return buf.raw[:n]
+
+
 class LlamaCppBackend:
     def __init__(self, model_path: str | Path, settings: BackendSettings | None = None) -> None:
         settings = settings or BackendSettings()
@@ -135,29 +158,14 @@ class LlamaCppBackend:
         return lc.llama_vocab_eos(self._vocab)
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        buf = (lc.llama_token * capacity)()
-        n = lc.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
-        if n < 0:
-            capacity = -n
-            buf = (lc.llama_token * capacity)()
-            n = lc.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special,
-                                  parse_special)
-        return list(buf[:n])
+        return vocab_tokenize(self._vocab, text, add_special, parse_special)
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
         """The bytes a token stands for (may be part of a UTF-8 character)."""
         key = token if not special else -1 - token
         piece = self._pieces.get(key)
         if piece is None:
-            buf = ctypes.create_string_buffer(64)
-            n = lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
-            piece = buf.raw[:n]
-            self._pieces[key] = piece
+            piece = self._pieces[key] = vocab_piece(self._vocab, token, special)
         return piece
 
     def is_eog(self, token: int) -> bool:

@@ -10,7 +10,6 @@ verify overwrites whatever they wrote.
 
 from __future__ import annotations
 
-import ctypes
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import llama_cpp as lc
 import numpy as np
 import torch
 
-import localspec.backends.llamacpp  # noqa: F401  (routes llama.cpp's log lines into its buffer)
+from localspec.backends.llamacpp import vocab_piece, vocab_tokenize  # also routes llama.cpp's log
 from localspec.backends.torch_model import FULL, SkipSet, Transformer, load_gguf
 from localspec.budget import CostCurve, measure_cost_curve, model_fingerprint
 from localspec.errors import ContextOverflowError, InvalidSettingsError, ModelFileError
@@ -112,26 +111,13 @@ class LlamaVocab:
         self._pieces: dict[int, bytes] = {}
 
     def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        buf = (lc.llama_token * capacity)()
-        n = lc.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
-        if n < 0:
-            capacity = -n
-            buf = (lc.llama_token * capacity)()
-            n = lc.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
-        return list(buf[:n])
+        return vocab_tokenize(self._vocab, text, add_special, parse_special)
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
         key = token if not special else -1 - token
         piece = self._pieces.get(key)
         if piece is None:
-            buf = ctypes.create_string_buffer(64)
-            n = lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
-            piece = self._pieces[key] = buf.raw[:n]
+            piece = self._pieces[key] = vocab_piece(self._vocab, token, special)
         return piece
 
     def is_eog(self, token: int) -> bool:
