@@ -13,6 +13,7 @@ from pathlib import Path
 
 from localspec.backends.base import Backend
 from localspec.chat import Message, encode_chat
+from localspec.drafters.persist import restore_learned, save_learned
 from localspec.engine import Engine, common_prefix_length
 from localspec.generate import SpecStats, stream_generate
 from localspec.settings import BackendSettings, GenerationSettings
@@ -65,11 +66,13 @@ class Progress:
 
 class ChatModel:
     def __init__(self, path: Path, backend: Backend, engine: Engine,
-                 memory_budget: int | None = None) -> None:
+                 memory_budget: int | None = None, learn: bool = False) -> None:
         self.path = Path(path)
         self.backend = backend
         self.engine = engine
         self.memory_budget = memory_budget  # bytes, when a memory plan chose the settings
+        self.learn = learn  # keep Token Recycling's matrix on disk between runs (`--learn`)
+        self._restored: set[str] = set()
         self._lock = threading.Lock()
 
     @property
@@ -88,6 +91,9 @@ class ChatModel:
         """Stream the assistant's answer. Stop iterating (and close) to cancel; the KV cache stays
         valid, so the next turn re-prefills only what changed."""
         with self._lock:
+            if self.learn and settings.drafter not in self._restored:
+                restore_learned(self.engine.drafter(settings.drafter), self.path, self.backend.n_vocab)
+                self._restored.add(settings.drafter)
             prompt = encode_chat(self.backend, messages)
             self.engine.check_prompt(prompt)
             reused = common_prefix_length(self.backend.tokens, prompt[:-1])
@@ -102,6 +108,9 @@ class ChatModel:
 
     def close(self) -> None:
         with self._lock:
+            for name in self._restored:
+                save_learned(self.engine.drafter(name), self.path)
+            self._restored.clear()
             self.backend.close()
 
 

@@ -14,7 +14,9 @@ from localspec.cli.common import ModelOptions, model_options, open_engine, resol
 @model_options
 @click.option("--fixed-draft", is_flag=True,
               help="Verify every drafted token instead of letting the cost model pick the tree size.")
-def chat(opts: ModelOptions, fixed_draft: bool) -> None:
+@click.option("--learn/--no-learn", default=True, show_default=True,
+              help="Keep Token Recycling's successor matrix on disk for this model between runs.")
+def chat(opts: ModelOptions, fixed_draft: bool, learn: bool) -> None:
     """Chat with a model in the terminal; conversations are kept between runs."""
     from tui import ChatApp, ChatOptions
     from tui.chatmodel import ChatModel
@@ -28,7 +30,7 @@ def chat(opts: ModelOptions, fixed_draft: bool) -> None:
         backend, engine = open_engine(path, resolved.settings, use_budget=not fixed_draft,
                                        runtime=opts.runtime)
         budget = resolved.plan.budget if resolved.plan is not None else None
-        return ChatModel(path, backend, engine, memory_budget=budget)
+        return ChatModel(path, backend, engine, memory_budget=budget, learn=learn)
 
     options = ChatOptions(model=choice.path, n_ctx=first.settings.n_ctx, kv_type=first.settings.kv_type)
     ChatApp(options, load_model=load).run()

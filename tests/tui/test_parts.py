@@ -80,3 +80,24 @@ def test_chat_model_reports_steps_and_kv_reuse(demo_model):
         assert model.context_used == again[-1].context_used
     finally:
         model.close()
+
+
+def test_chat_model_keeps_the_recycling_matrix_between_runs(demo_model):
+    from localspec.drafters.persist import learned_path
+
+    settings = ChatSettings(max_tokens=16).generation()
+    path = learned_path(demo_model, 8)
+    model = load_llamacpp(demo_model, BackendSettings(n_ctx=512, n_threads=1))
+    model.learn = True
+    list(model.reply([Message("user", "hello")], settings))
+    learnt = model.engine.drafter(settings.drafter).recycling.adj.copy()
+    model.close()
+    assert path.is_file()
+    again = load_llamacpp(demo_model, BackendSettings(n_ctx=512, n_threads=1))
+    again.learn = True
+    try:
+        list(again.reply([Message("user", "hi")], ChatSettings(max_tokens=1).generation()))
+        restored = again.engine.drafter(settings.drafter).recycling.adj
+        assert restored is not None and (restored == learnt).mean() > 0.9  # one step learnt since
+    finally:
+        again.close()
