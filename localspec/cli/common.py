@@ -64,6 +64,18 @@ class ResolvedSettings:
     plan: Plan | None = None
     profile: Profile | None = None
 
+    def speculation(self, drafter: str | None, draft_tokens: int | None,
+                    default_tokens: int) -> tuple[str, int]:
+        """Drafter and most draft tokens per step: the flags, else what the plan (or the profile)
+        chose, else the defaults. A plan that gave up speculation (0 tree nodes) decodes plainly."""
+        chosen = dict(self.profile.settings) if self.profile else {}
+        if self.plan is not None:
+            chosen |= {"drafter": self.plan.drafter, "tree_nodes": self.plan.tree_nodes}
+        name = drafter or str(chosen.get("drafter", "auto"))
+        if draft_tokens is None:
+            draft_tokens = min(int(chosen.get("tree_nodes", default_tokens)), default_tokens)
+        return name, draft_tokens
+
 
 _OPTIONS = [
     click.option("--model", "-m", "model", envvar="LOCALSPEC_MODEL", type=click.Path(),

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import click
 
 from localspec.cli.common import (
     ModelOptions,
-    backend_settings,
     check_drafter,
     model_options,
     note,
     open_engine,
     resolve_model,
+    resolve_settings,
 )
 from localspec.settings import GenerationSettings, SamplingSettings
+
+DRAFT_TOKENS = 8
 
 
 @click.command()
@@ -35,10 +38,12 @@ from localspec.settings import GenerationSettings, SamplingSettings
 @click.option("--frequency-penalty", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for sampling.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable); never printed.")
-@click.option("--drafter", "-d", default="auto", show_default=True,
-              help="Draft method: auto, recycling, retrieval, lookup, or none (plain decoding).")
-@click.option("--draft-tokens", type=int, default=8, show_default=True,
-              help="Most draft tokens verified per step.")
+@click.option("--drafter", "-d", default=None,
+              help="Draft method: auto, recycling, retrieval, lookup, or none (plain decoding); default "
+                   "auto, or what the memory plan or profile chose.")
+@click.option("--draft-tokens", type=int, default=None,
+              help=f"Most draft tokens verified per step (default {DRAFT_TOKENS}; fewer if the plan "
+                   "chose so).")
 @click.option("--fixed-draft", is_flag=True,
               help="Verify every drafted token instead of letting the cost model pick the tree size.")
 @click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
@@ -59,10 +64,12 @@ def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, 
     sampling = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
                                 frequency_penalty=frequency_penalty, seed=seed)
-    settings = GenerationSettings(max_tokens=max_tokens, stop=tuple(stop), drafter=drafter,
-                                  max_draft_tokens=draft_tokens, sampling=sampling)
-    check_drafter(drafter, opts.runtime)
-    if index_path and drafter not in ("auto", "retrieval"):
+    settings = GenerationSettings(max_tokens=max_tokens, stop=tuple(stop), drafter=drafter or "auto",
+                                  max_draft_tokens=DRAFT_TOKENS if draft_tokens is None else draft_tokens,
+                                  sampling=sampling)  # checks the values before anything loads
+    if drafter is not None:
+        check_drafter(drafter, opts.runtime)
+    if index_path and drafter not in (None, "auto", "retrieval"):
         raise click.UsageError("--index is used by the auto and retrieval drafters only")
     store = read_index(index_path) if index_path else None
     if prompt == "-":
@@ -70,7 +77,13 @@ def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, 
     choice = resolve_model(opts)
     if choice.is_demo:
         note(choice.describe())
-    backend, engine = open_engine(choice.path, backend_settings(opts), use_budget=not fixed_draft,
+    resolved = resolve_settings(opts, choice.path)
+    drafter, draft_tokens = resolved.speculation(drafter, draft_tokens, DRAFT_TOKENS)
+    check_drafter(drafter, opts.runtime)
+    if index_path and drafter not in ("auto", "retrieval"):
+        raise click.UsageError("--index is used by the auto and retrieval drafters only")
+    settings = replace(settings, drafter=drafter, max_draft_tokens=draft_tokens)
+    backend, engine = open_engine(choice.path, resolved.settings, use_budget=not fixed_draft,
                                   runtime=opts.runtime)
     with backend:
         if not backend.supports_trees and drafter != "none":

@@ -99,3 +99,23 @@ def test_info_plan_prints_breakdown_without_loading(capsys, tiny_model):
     plan = out["plan"]
     assert plan["budget"] == 1 << 30 and plan["memory"]["total"] <= plan["host_limit"]
     assert plan["memory"]["weights_host"] > 0 and plan["memory"]["kv_host"] > 0
+
+
+def test_generate_drafts_as_the_profile_chose_unless_flags_say_otherwise(capsys, tiny_model):
+    import json
+
+    write_profile("draft-test", {"n_ctx": 256, "drafter": "lookup", "tree_nodes": 0}, "test", {})
+    base = ["generate", "-m", str(tiny_model), "-p", "a b a b a b", "-n", "6", "--threads", "1",
+            "--profile", "draft-test", "--stats", "--no-learn"]
+    try:
+        assert main(base) == 0
+        stats = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert stats["drafter"] == "lookup" and stats["draft_tokens"] == 0  # 0 nodes: plain decoding
+        assert main([*base, "--drafter", "recycling"]) == 0
+        assert json.loads(capsys.readouterr().err.strip().splitlines()[-1])["drafter"] == "recycling"
+        resolved = resolve_settings(options(profile="draft-test"), tiny_model)
+        assert resolved.speculation(None, None, 8) == ("lookup", 0)
+        assert resolved.speculation("auto", 5, 8) == ("auto", 5)  # flags win
+        assert resolve_settings(options(), tiny_model).speculation(None, None, 8) == ("auto", 8)
+    finally:
+        user_profile_path("draft-test").unlink()
