@@ -46,13 +46,15 @@ def serve(opts: ModelOptions, host, port, api_key, cors_origins, log_level, draf
     /health and /metrics. Requests run one at a time, in arrival order."""
     import uvicorn
 
+    from localspec.drafters import DRAFTERS, TORCH_DRAFTERS
     from localspec.server import ServerConfig, create_app
     from localspec.session import LoadedModel, Session, State
 
     check_drafter(drafter, opts.runtime)
     choice = resolve_model(opts)
+    drafters = (*DRAFTERS, *(TORCH_DRAFTERS if opts.backend == "torch" else ()))
     config = ServerConfig(model_id=choice.path.stem, api_key=api_key, cors_origins=tuple(cors_origins),
-                          drafter=drafter, max_draft_tokens=draft_tokens)
+                          drafter=drafter, drafters=drafters, max_draft_tokens=draft_tokens)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if host not in LOOPBACK and not api_key:
         note(f"warning: listening on {host} without --api-key: anyone who can reach it can use it")

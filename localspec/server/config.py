@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from localspec.drafters import DRAFTERS
 from localspec.errors import InvalidSettingsError
 
 
@@ -16,6 +17,7 @@ class ServerConfig:
     max_prompt_tokens: int | None = None  # None: whatever fits the context
     max_queue: int = 64  # requests waiting or running; more get 503
     drafter: str = "auto"  # used when a request does not choose
+    drafters: tuple[str, ...] = tuple(DRAFTERS)  # what requests may choose (the torch backend adds two)
     max_draft_tokens: int = 8
     completion_max_tokens: int = 16  # OpenAI's default for /v1/completions; chat runs to the context end
 
@@ -28,3 +30,6 @@ class ServerConfig:
             raise InvalidSettingsError(f"max_queue must be >= 1, got {self.max_queue}")
         if self.api_key is not None and not self.api_key:
             raise InvalidSettingsError("the API key must not be empty")
+        if self.drafter not in self.drafters:
+            raise InvalidSettingsError(f"unknown drafter {self.drafter!r}; choose one of: "
+                                       f"{', '.join(self.drafters)}")

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from localspec.backends.base import Backend
 from localspec.chat import Message, encode_chat
-from localspec.drafters import DRAFTERS
 from localspec.server.config import ServerConfig
 from localspec.server.errors import APIError
 from localspec.server.schemas import (
@@ -40,8 +39,8 @@ def _drafting(spec: bool | Speculation | None, config: ServerConfig) -> tuple[st
     if isinstance(spec, Speculation):
         drafter = spec.drafter or drafter
         budget = budget if spec.max_draft_tokens is None else spec.max_draft_tokens
-    if drafter not in DRAFTERS:
-        raise APIError(400, f"unknown drafter {drafter!r}; choose one of: {', '.join(DRAFTERS)}",
+    if drafter not in config.drafters:
+        raise APIError(400, f"unknown drafter {drafter!r}; choose one of: {', '.join(config.drafters)}",
                        param="speculation.drafter")
     return drafter, budget
 

@@ -23,7 +23,8 @@ class StreamOptions(_Request):
 class Speculation(_Request):
     """localspec's extension: how to draft (`"speculation": false` means plain decoding)."""
 
-    drafter: str | None = Field(None, description="auto, recycling, retrieval, lookup or none")
+    drafter: str | None = Field(None, description="auto, recycling, retrieval, lookup or none; with the "
+                                                  "torch backend also layerskip and polybasic")
     max_draft_tokens: int | None = Field(None, ge=0, le=255)
 
 
