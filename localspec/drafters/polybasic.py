@@ -36,6 +36,8 @@ from localspec.tree import DraftTree
 from localspec.verify import Coin, Verdict, verify_greedy
 
 CHAINS = ("free", "skip", "free+skip")
+MIN_RUNS = 4  # runs before a chain's estimate is trusted enough to retry it less often
+MAX_EXPLORE_INTERVAL = 512
 
 
 def residual(p: Distribution, q: Distribution) -> Distribution:
@@ -93,6 +95,8 @@ class PolybasicDrafter:
         self.explore_every = explore_every
         self.stats = {c: ChainStats() for c in CHAINS}
         self._steps = 0
+        self._interval = dict.fromkeys(CHAINS, explore_every)  # steps until a chain is retried
+        self._next = dict.fromkeys(CHAINS, explore_every)
         self._pending: tuple[str, float] | None = None
 
     def begin(self, prompt: np.ndarray) -> None:
@@ -100,11 +104,22 @@ class PolybasicDrafter:
         self.skipper.begin(prompt)
 
     def choose(self) -> str:
+        """The fastest chain by its estimates; a slower one is retried after its interval, which
+        doubles (up to MAX_EXPLORE_INTERVAL steps) each time it is retried and still slower, so
+        exploring a chain that does not pay costs less and less."""
         usable = [c for c in CHAINS if c == "free" or self.skipper.skip is not None]
         self._steps += 1
-        if self.explore_every and self._steps % self.explore_every == 0:
-            return min(usable, key=lambda c: self.stats[c].runs)
-        return max(usable, key=self.speed)
+        best = max(usable, key=self.speed)
+        self._interval[best] = self.explore_every
+        self._next[best] = self._steps + self.explore_every
+        due = [c for c in usable if c != best and self.explore_every and self._steps >= self._next[c]]
+        if not due:
+            return best
+        chain = min(due, key=lambda c: self._next[c])
+        if self.stats[chain].runs >= MIN_RUNS:
+            self._interval[chain] = min(2 * self._interval[chain], MAX_EXPLORE_INTERVAL)
+        self._next[chain] = self._steps + self._interval[chain]
+        return chain
 
     def speed(self, chain: str) -> float:
         s = self.stats[chain]

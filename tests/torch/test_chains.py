@@ -137,3 +137,17 @@ def test_real_q_chain_verifier_is_exact():
             total = sum(found.values())
             for token, prob in zip(p.ids.tolist(), p.probs.tolist(), strict=True):
                 assert found.get(token, 0.0) / total == pytest.approx(prob, abs=1e-12)
+
+
+def test_polybasic_retries_a_slower_chain_less_and_less_but_never_stops(torch_backend):
+    poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST, explore_every=8)
+    poly.skipper.skip = SkipSet(frozenset(), frozenset({2}))
+    for chain, tokens in (("free", 3.0), ("skip", 1.2), ("free+skip", 1.5)):
+        for _ in range(4):  # measured enough to be trusted, and slower than the free chain
+            poly.stats[chain].update(tokens, 6, 0.0 if chain == "free" else 0.02)
+    chosen = [poly.choose() for _ in range(4000)]
+    retries = [i for i, c in enumerate(chosen) if c != "free"]
+    assert 4 <= len(retries) <= 40  # a fixed interval of 8 would retry 1,000 times
+    assert any(i > 3000 for i in retries)  # still retried late on
+    poly.stats["skip"].update(50, 6, 0.0)  # the skip chain turns out fastest: it runs
+    assert poly.choose() == "skip"
