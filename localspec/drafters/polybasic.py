@@ -132,12 +132,14 @@ class PolybasicDrafter:
         chain = self.choose()
         if chain == "skip":
             tree = self.skipper.propose(history, budget)
+            source = self.skipper.name
         else:
             tree = self.free.propose(history, budget)
-            if chain == "free+skip" and len(tree):
+            source = tree.source  # "auto:retrieval" or "auto:recycling": kept, so the budget
+            if chain == "free+skip" and len(tree):  # learns acceptance per regime as for auto
                 tree = self.refine(tree, int(history[-1]), budget)
         self._pending = (chain, time.perf_counter() - start)
-        return DraftTree(tree.tokens, tree.parents, f"{self.name}:{chain}")
+        return DraftTree(tree.tokens, tree.parents, f"{self.name}:{chain}:{source}")
 
     def refine(self, tree: DraftTree, root: int, budget: int) -> DraftTree:
         """The skipped model verifies `tree` greedily in one forward and extends the path it
