@@ -54,30 +54,72 @@ def _last_error() -> str:
     return "llama.cpp could not load it"
 
 
-def vocab_tokenize(vocab, text: str, add_special: bool, parse_special: bool) -> list[int]:
-    """llama.cpp's tokenizer; a negative count means the buffer was short by that much."""
-    data = text.encode("utf-8")
-    capacity = len(data) + 8
-    buf = (lc.llama_token * capacity)()
-    n = lc.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
-    if n < 0:
-        capacity = -n
+class Vocabulary:
+    """llama.cpp's tokenizer and token pieces for one loaded model; pieces are cached."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle  # a llama_vocab pointer, owned by its model
+        self.n_vocab = lc.llama_vocab_n_tokens(handle)
+        self.bos_token = lc.llama_vocab_bos(handle)
+        self.eos_token = lc.llama_vocab_eos(handle)
+        self._pieces: dict[int, bytes] = {}
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
         buf = (lc.llama_token * capacity)()
-        n = lc.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
-    return list(buf[:n])
+        n = lc.llama_tokenize(self.handle, data, len(data), buf, capacity, add_special, parse_special)
+        if n < 0:  # the buffer was short by -n
+            capacity = -n
+            buf = (lc.llama_token * capacity)()
+            n = lc.llama_tokenize(self.handle, data, len(data), buf, capacity, add_special, parse_special)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        """The bytes a token stands for (may be part of a UTF-8 character); special tokens as
+        text only when `special`."""
+        key = token if not special else -1 - token
+        piece = self._pieces.get(key)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = lc.llama_token_to_piece(self.handle, token, buf, 64, 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = lc.llama_token_to_piece(self.handle, token, buf, -n, 0, special)
+            piece = self._pieces[key] = buf.raw[:n]
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self.handle, token))
 
 
-def vocab_piece(vocab, token: int, special: bool) -> bytes:
-    """The bytes of one token (special tokens as text only when `special`)."""
-    buf = ctypes.create_string_buffer(64)
-    n = lc.llama_token_to_piece(vocab, token, buf, 64, 0, special)
-    if n < 0:
-        buf = ctypes.create_string_buffer(-n)
-        n = lc.llama_token_to_piece(vocab, token, buf, -n, 0, special)
-    return buf.raw[:n]
+class TokenizesWithLlamaCpp:
+    """The Backend protocol's vocabulary half, for backends whose `vocab` is llama.cpp's."""
+
+    vocab: Vocabulary
+
+    @property
+    def bos_token(self) -> int:
+        return self.vocab.bos_token
+
+    @property
+    def eos_token(self) -> int:
+        return self.vocab.eos_token
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self.vocab.tokenize(text, add_special, parse_special)
+
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        return self.vocab.token_bytes(token, special)
+
+    def special_token_text(self, token: int) -> str:
+        return "" if token < 0 else self.token_bytes(token, special=True).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return self.vocab.is_eog(token)
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(TokenizesWithLlamaCpp):
     def __init__(self, model_path: str | Path, settings: BackendSettings | None = None) -> None:
         settings = settings or BackendSettings()
         self.settings = settings
@@ -90,7 +132,7 @@ class LlamaCppBackend:
         self._model = lc.llama_model_load_from_file(str(self.info.path).encode(), model_params)
         if not self._model:
             raise ModelFileError(f"cannot load {self.info.path.name}: {_last_error()}")
-        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.vocab = Vocabulary(lc.llama_model_get_vocab(self._model))
         self.supports_trees = not (lc.llama_model_is_recurrent(self._model)
                                    or lc.llama_model_is_hybrid(self._model))
         # llama.cpp clamps n_batch to n_ctx and reserves an output row per sequence
@@ -118,7 +160,7 @@ class LlamaCppBackend:
         self._mem = lc.llama_get_memory(self._ctx)
         self.n_ctx = lc.llama_n_ctx(self._ctx)
         self.n_batch = lc.llama_n_batch(self._ctx)
-        self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        self.n_vocab = self.vocab.n_vocab
 
         self._batch = lc.llama_batch_init(self.n_batch, 0, self.max_tree_paths)
         cap = self.n_batch
@@ -129,7 +171,6 @@ class LlamaCppBackend:
         self._b_seq = [np.ctypeslib.as_array(self._batch.seq_id[i], shape=(self.max_tree_paths,))
                        for i in range(cap)]
         self._tokens: list[int] = []
-        self._pieces: dict[int, bytes] = {}
         self._n_paths = 1  # sequences used by the last verified tree
 
     # -- vocabulary -----------------------------------------------------------------------------
@@ -143,33 +184,6 @@ class LlamaCppBackend:
     def chat_template(self) -> str | None:
         raw = lc.llama_model_chat_template(self._model, None)
         return raw.decode("utf-8", "replace") if raw else None
-
-    def special_token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self.token_bytes(token, special=True).decode("utf-8", "replace")
-
-    @property
-    def bos_token(self) -> int:
-        return lc.llama_vocab_bos(self._vocab)
-
-    @property
-    def eos_token(self) -> int:
-        return lc.llama_vocab_eos(self._vocab)
-
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        return vocab_tokenize(self._vocab, text, add_special, parse_special)
-
-    def token_bytes(self, token: int, special: bool = False) -> bytes:
-        """The bytes a token stands for (may be part of a UTF-8 character)."""
-        key = token if not special else -1 - token
-        piece = self._pieces.get(key)
-        if piece is None:
-            piece = self._pieces[key] = vocab_piece(self._vocab, token, special)
-        return piece
-
-    def is_eog(self, token: int) -> bool:
-        return bool(lc.llama_vocab_is_eog(self._vocab, token))
 
     # -- KV cache ------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import llama_cpp as lc
 import numpy as np
 import torch
 
-from localspec.backends.llamacpp import vocab_piece, vocab_tokenize  # also routes llama.cpp's log
+from localspec.backends.llamacpp import TokenizesWithLlamaCpp, Vocabulary  # also routes llama.cpp's log
 from localspec.backends.torch_model import FULL, SkipSet, Transformer, load_gguf
 from localspec.budget import CostCurve, measure_cost_curve, model_fingerprint
 from localspec.errors import ContextOverflowError, InvalidSettingsError, ModelFileError
@@ -92,7 +92,7 @@ def chain_parents(n: int) -> np.ndarray:
     return np.arange(-1, n - 1)
 
 
-class LlamaVocab:
+class VocabOnlyModel:
     """llama.cpp's tokenizer for a GGUF, loaded without weights."""
 
     def __init__(self, path: Path) -> None:
@@ -102,26 +102,9 @@ class LlamaVocab:
         self._model = lc.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
             raise ModelFileError(f"llama.cpp cannot read the vocabulary of {path.name}")
-        self._vocab = lc.llama_model_get_vocab(self._model)
-        self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
-        self.bos_token = lc.llama_vocab_bos(self._vocab)
-        self.eos_token = lc.llama_vocab_eos(self._vocab)
+        self.vocab = Vocabulary(lc.llama_model_get_vocab(self._model))
         raw = lc.llama_model_chat_template(self._model, None)
         self.chat_template = raw.decode("utf-8", "replace") if raw else None
-        self._pieces: dict[int, bytes] = {}
-
-    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
-        return vocab_tokenize(self._vocab, text, add_special, parse_special)
-
-    def token_bytes(self, token: int, special: bool = False) -> bytes:
-        key = token if not special else -1 - token
-        piece = self._pieces.get(key)
-        if piece is None:
-            piece = self._pieces[key] = vocab_piece(self._vocab, token, special)
-        return piece
-
-    def is_eog(self, token: int) -> bool:
-        return bool(lc.llama_vocab_is_eog(self._vocab, token))
 
     def close(self) -> None:
         if getattr(self, "_model", None):
@@ -129,7 +112,7 @@ class LlamaVocab:
             self._model = None
 
 
-class TorchBackend:
+class TorchBackend(TokenizesWithLlamaCpp):
     supports_trees = True
 
     def __init__(self, model_path: str | Path, settings: TorchSettings | None = None) -> None:
@@ -137,7 +120,8 @@ class TorchBackend:
         self.info = read_model_file(model_path)
         self.device = settings.resolved_device()
         torch.set_num_threads(settings.n_threads)
-        self.vocab = LlamaVocab(self.info.path)
+        self._vocab_model = VocabOnlyModel(self.info.path)
+        self.vocab = self._vocab_model.vocab
         self.n_ctx = settings.n_ctx or self.info.context_length
         self.max_tree_paths = settings.max_tree_nodes
         n_slots = self.n_ctx + settings.max_tree_nodes + 1 + settings.scratch_slots
@@ -154,27 +138,7 @@ class TorchBackend:
 
     @property
     def chat_template(self) -> str | None:
-        return self.vocab.chat_template
-
-    @property
-    def bos_token(self) -> int:
-        return self.vocab.bos_token
-
-    @property
-    def eos_token(self) -> int:
-        return self.vocab.eos_token
-
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        return self.vocab.tokenize(text, add_special, parse_special)
-
-    def token_bytes(self, token: int, special: bool = False) -> bytes:
-        return self.vocab.token_bytes(token, special)
-
-    def special_token_text(self, token: int) -> str:
-        return "" if token < 0 else self.token_bytes(token, special=True).decode("utf-8", "replace")
-
-    def is_eog(self, token: int) -> bool:
-        return self.vocab.is_eog(token)
+        return self._vocab_model.chat_template
 
     # -- forward passes -----------------------------------------------------------------------
 
@@ -248,7 +212,7 @@ class TorchBackend:
         self._tokens.extend(tree.tokens[accepted].tolist())
 
     def close(self) -> None:
-        self.vocab.close()
+        self._vocab_model.close()
 
     def __enter__(self) -> TorchBackend:
         return self
