@@ -19,7 +19,7 @@ from localspec.cli.common import (
 )
 from localspec.settings import GenerationSettings, SamplingSettings
 
-DRAFT_TOKENS = 8
+DRAFT_TOKENS = GenerationSettings.max_draft_tokens
 
 
 @click.command()
