@@ -104,6 +104,7 @@ class ChatApp(App[None]):
         text: str
         stats: LiveStats | None
         finish_reason: str  # "stop", "length", "context" or "cancelled"
+        dropped_messages: int = 0
 
     @dataclass
     class ReplyFailed(Message):
@@ -420,7 +421,8 @@ class ChatApp(App[None]):
             self.post_message(self.ReplyFailed(message))
             return
         finish = last.finish_reason if last is not None and last.finish_reason else "cancelled"
-        self.post_message(self.ReplyDone("".join(parts), last.stats if last else None, finish))
+        self.post_message(self.ReplyDone("".join(parts), last.stats if last else None, finish,
+                                         last.dropped_messages if last else 0))
 
     def action_cancel(self) -> None:
         if self.generating:
@@ -453,6 +455,10 @@ class ChatApp(App[None]):
                   "context": "context full"}
         self.set_status(state=states.get(event.finish_reason, "ready"),
                         context_used=self.model.context_used if self.model else 0)
+        if event.dropped_messages:
+            self.notify(f"The conversation is longer than the context: the model no longer sees its "
+                        f"{event.dropped_messages} oldest messages (they stay in the history).",
+                        title="Context shifted", severity="information", timeout=8)
         if event.finish_reason == "context":
             self.notify("The context window is full: start a new conversation, or restart with a "
                         "larger --ctx.", title="Context full", severity="warning", timeout=10)

@@ -62,6 +62,7 @@ class Progress:
     stats: LiveStats
     context_used: int
     finish_reason: str | None = None
+    dropped_messages: int = 0  # oldest messages left out so the conversation fits the context
 
 
 class ChatModel:
@@ -94,7 +95,7 @@ class ChatModel:
             if self.learn and settings.drafter not in self._restored:
                 restore_learned(self.engine.drafter(settings.drafter), self.path, self.backend.n_vocab)
                 self._restored.add(settings.drafter)
-            prompt = encode_chat(self.backend, messages)
+            messages, prompt, dropped = self.fit(messages, settings.max_tokens)
             self.engine.check_prompt(prompt)
             reused = common_prefix_length(self.backend.tokens, prompt[:-1])
             steps: list[int] = []
@@ -104,7 +105,25 @@ class ChatModel:
                     steps.append(chunk.stats.tokens - seen_tokens)
                 seen_tokens, seen_steps = chunk.stats.tokens, chunk.stats.steps
                 yield Progress(chunk.text, LiveStats.of(chunk.stats, reused, tuple(steps)),
-                               len(self.backend.tokens), chunk.finish_reason)
+                               len(self.backend.tokens), chunk.finish_reason, dropped)
+
+    def fit(self, messages: Sequence[Message], max_tokens: int) -> tuple[list[Message], list[int], int]:
+        """Shift the context: leave out the oldest messages (never the system prompt or the newest
+        message) until the prompt leaves room for an answer of max_tokens, or a quarter of the
+        context if that is less. Returns the messages kept, their prompt and how many were left out."""
+        room = min(max_tokens, self.backend.n_ctx // 4)
+        kept = list(messages)
+        first = 1 if kept and kept[0].role == "system" else 0
+        prompt = encode_chat(self.backend, kept)
+        dropped = 0
+        while len(prompt) + room > self.backend.n_ctx and len(kept) - first > 1:
+            del kept[first]
+            dropped += 1
+            if len(kept) - first > 1 and kept[first].role == "assistant":
+                del kept[first]  # a conversation resumes with a user message
+                dropped += 1
+            prompt = encode_chat(self.backend, kept)
+        return kept, prompt, dropped
 
     def close(self) -> None:
         with self._lock:

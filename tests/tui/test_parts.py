@@ -101,3 +101,23 @@ def test_chat_model_keeps_the_recycling_matrix_between_runs(demo_model):
         assert restored is not None and (restored == learnt).mean() > 0.9  # one step learnt since
     finally:
         again.close()
+
+
+def test_a_conversation_longer_than_the_context_shifts_keeping_the_system_prompt(demo_model):
+    model = load_llamacpp(demo_model, BackendSettings(n_ctx=256, n_threads=1))
+    try:
+        turns = [Message("system", "You are brief.")]
+        for i in range(12):
+            turns += [Message("user", f"question {i}: what does def do in Python?"),
+                      Message("assistant", f"answer {i}: it defines a function with a name and arguments.")]
+        turns.append(Message("user", "and class?"))
+        kept, prompt, dropped = model.fit(turns, max_tokens=512)
+        assert dropped > 0 and kept[0] == turns[0] and kept[-1] == turns[-1]
+        assert kept[1].role == "user" and kept[1:] == turns[1 + dropped:]
+        assert len(prompt) + 256 // 4 <= 256
+        assert model.fit(turns[:3], max_tokens=16)[2] == 0  # what fits is left alone
+        last = list(model.reply(turns, ChatSettings(max_tokens=8).generation()))[-1]
+        assert last.dropped_messages == model.fit(turns, max_tokens=8)[2] > 0
+        assert last.context_used <= 256
+    finally:
+        model.close()
