@@ -30,10 +30,14 @@ from localspec.tree import DraftTree
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def best_device() -> str:
     if torch.cuda.is_available():
         return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available():
         return "mps"
     return "cpu"
 
@@ -56,7 +60,13 @@ class TorchSettings:
             raise InvalidSettingsError("n_ctx, n_threads, max_tree_nodes and scratch_slots out of range")
 
     def resolved_device(self) -> str:
-        return self.device or best_device()
+        device = self.device or best_device()
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise InvalidSettingsError("device cuda: PyTorch sees no CUDA device here (use cpu, or a "
+                                       "CUDA build of torch)")
+        if device == "mps" and not _mps_available():
+            raise InvalidSettingsError("device mps: PyTorch sees no Apple GPU here (use cpu)")
+        return device
 
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype:

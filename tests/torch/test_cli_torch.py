@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from localspec.cli import main
 
 
@@ -46,3 +49,12 @@ def test_bench_runs_torch_methods(capsys, tmp_path, torch_model_path):
     report = json.loads(out.read_text())
     assert report["device"].startswith("torch cpu")
     assert report["summary"]["layerskip"]["identical_to_none"] == 1.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_device_torch_cannot_use_is_a_one_line_error(capsys, torch_model_path):
+    code, _, err = run(capsys, "generate", "-m", str(torch_model_path), "-p", "x", "--backend", "torch",
+                       "--device", "cuda")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0 and lines[-1].startswith("localspec: error: device cuda")
+    assert "internal error" not in err
