@@ -82,9 +82,10 @@ def model_fingerprint(path: str | Path) -> str:
 
 
 def cached_cost_curve(backend, model_path: str | Path, device: str, threads: int,
-                      refresh: bool = False) -> CostCurve:
-    """The cost curve for this model, device and thread count, measured on first use."""
-    key = f"{model_fingerprint(model_path)}|llamacpp|{device}|{threads}"
+                      refresh: bool = False, kind: str = "llamacpp", sizes: tuple[int, ...] = CURVE_SIZES,
+                      repeats: int = 5) -> CostCurve:
+    """The cost curve for this model, backend kind, device and thread count, measured on first use."""
+    key = f"{model_fingerprint(model_path)}|{kind}|{device}|{threads}"
     store = cache_dir() / "cost_curves.json"
     data: dict = {}
     if store.exists():
@@ -94,7 +95,7 @@ def cached_cost_curve(backend, model_path: str | Path, device: str, threads: int
             data = {}
     if key in data and not refresh:
         return CostCurve.from_json(data[key])
-    curve = measure_cost_curve(backend)
+    curve = measure_cost_curve(backend, sizes=sizes, repeats=repeats)
     data[key] = curve.to_json()
     store.parent.mkdir(parents=True, exist_ok=True)
     tmp = store.with_suffix(".tmp")

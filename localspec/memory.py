@@ -23,6 +23,7 @@ from pathlib import Path
 import gguf
 from gguf.constants import GGML_QUANT_SIZES
 
+from localspec.drafters.recycling import OBSERVE_CHUNK_ROWS, RECYCLING_K
 from localspec.errors import ModelFileError
 from localspec.paths import cache_dir
 from localspec.settings import BackendSettings
@@ -30,8 +31,6 @@ from localspec.settings import BackendSettings
 MiB = 1 << 20
 CTX_PAD = 256  # llama.cpp rounds the context up to a multiple of 256 cells
 AUTOMATON_BYTES_PER_TOKEN = 512  # suffix automaton: ~2 states a token, a dict and three list slots each
-RECYCLING_K = 8
-OBSERVE_CHUNK_ROWS = 32  # recycling's top-k pass works on 32 rows at a time (int64 indices)
 DRAFTER_STATE = {"none": (), "lookup": (), "retrieval": ("automaton",), "recycling": ("recycling",),
                  "auto": ("automaton", "recycling")}
 
@@ -181,7 +180,7 @@ def drafter_bytes(drafter: str, model: ModelMemory, n_ctx: int) -> int:
     if "automaton" in parts:
         total += n_ctx * AUTOMATON_BYTES_PER_TOKEN
     if "recycling" in parts:
-        total += model.n_vocab * RECYCLING_K * 4 + OBSERVE_CHUNK_ROWS * model.n_vocab * 8
+        total += model.n_vocab * RECYCLING_K * 4 + OBSERVE_CHUNK_ROWS * model.n_vocab * 8  # + top-k block
     return total
 
 

@@ -120,7 +120,7 @@ def _down(ladder: tuple, value) -> object | None:
     return ladder[i + 1] if 0 <= i < len(ladder) - 1 else None
 
 
-def _moves(state: PlanState, model: ModelMemory, fixed: frozenset[str]) -> list[list[tuple[str, PlanState]]]:
+def _moves(state: PlanState, fixed: frozenset[str]) -> list[list[tuple[str, PlanState]]]:
     """Candidate single steps, grouped in trading order."""
     first: list[tuple[str, PlanState]] = []
     if "tree_nodes" not in fixed and state.tree_nodes > 0:
@@ -212,7 +212,7 @@ class Planner:
                        ) -> tuple[str, PlanState] | None:
         here = self.memory(state, base)
         speed = self.speed.speed(state)
-        for group in _moves(state, self.model, fixed):
+        for group in _moves(state, fixed):
             scored = []
             for label, nxt in group:
                 after = self.memory(nxt, base)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from tui.history import Conversation, StoredMessage
-
-HEADINGS = {"system": "System", "user": "You", "assistant": "Assistant"}
+from tui.history import ROLE_TITLES, Conversation, StoredMessage
 
 
 def slug(title: str) -> str:
@@ -20,5 +18,5 @@ def to_markdown(conversation: Conversation, messages: list[StoredMessage], syste
     if system_prompt:
         lines += ["## System", "", system_prompt, ""]
     for message in messages:
-        lines += [f"## {HEADINGS.get(message.role, message.role)}", "", message.content.rstrip(), ""]
+        lines += [f"## {ROLE_TITLES.get(message.role, message.role)}", "", message.content.rstrip(), ""]
     return "\n".join(lines)

@@ -49,6 +49,7 @@ def _v2(db: sqlite3.Connection) -> None:
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
 SCHEMA_VERSION = len(MIGRATIONS)
+ROLE_TITLES = {"user": "You", "assistant": "Assistant", "system": "System"}  # as shown and exported
 
 
 def migrate(db: sqlite3.Connection) -> int:

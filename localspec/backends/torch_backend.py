@@ -10,7 +10,6 @@ verify overwrites whatever they wrote.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import torch
 
 from localspec.backends.llamacpp import TokenizesWithLlamaCpp, Vocabulary  # also routes llama.cpp's log
 from localspec.backends.torch_model import FULL, SkipSet, Transformer, load_gguf
-from localspec.budget import CostCurve, measure_cost_curve, model_fingerprint
+from localspec.budget import CostCurve, cached_cost_curve
 from localspec.errors import ContextOverflowError, InvalidSettingsError, ModelFileError
 from localspec.modelfile import read_model_file
-from localspec.paths import cache_dir
 from localspec.settings import default_threads
 from localspec.tree import DraftTree
 
@@ -236,19 +234,5 @@ def cached_torch_cost_curve(backend: TorchBackend, refresh: bool = False,
                             ) -> CostCurve:
     """The verify cost curve t(n) of this model on this device, dtype and thread count (cached)."""
     s = backend.settings
-    key = (f"{model_fingerprint(backend.info.path)}|torch|{backend.device}|{s.resolved_dtype()}|"
-           f"{s.n_threads}")
-    store = cache_dir() / "cost_curves.json"
-    try:
-        data = json.loads(store.read_text()) if store.exists() else {}
-    except (OSError, ValueError):
-        data = {}
-    if key in data and not refresh:
-        return CostCurve.from_json(data[key])
-    curve = measure_cost_curve(backend, sizes=sizes, repeats=3)
-    data[key] = curve.to_json()
-    store.parent.mkdir(parents=True, exist_ok=True)
-    tmp = store.with_suffix(f".{id(backend)}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(store)
-    return curve
+    return cached_cost_curve(backend, backend.info.path, f"{backend.device}|{s.resolved_dtype()}",
+                             s.n_threads, refresh, kind="torch", sizes=sizes, repeats=3)

@@ -35,7 +35,6 @@ class ModelArgs:
     n_head: int
     n_head_kv: int
     n_ff: int
-    context_length: int
     rope_theta: float = 10000.0
     rms_eps: float = 1e-5
     rope_neox: bool = False
@@ -62,12 +61,6 @@ class SkipSet:
         bits[list(self.attn)] = 1
         bits[[n_layer + i for i in self.mlp]] = 1
         return bits
-
-    @classmethod
-    def from_bits(cls, bits: np.ndarray) -> SkipSet:
-        n = len(bits) // 2
-        on = np.flatnonzero(bits).tolist()
-        return cls(frozenset(i for i in on if i < n), frozenset(i - n for i in on if i >= n))
 
 
 FULL = SkipSet()
@@ -115,17 +108,10 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    @property
-    def n_slots(self) -> int:
-        return self.k.shape[2]
-
     def move(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """Copy slots src -> dst in every layer (gathered first, so overlaps are safe)."""
         self.k[:, :, dst] = self.k[:, :, src]
         self.v[:, :, dst] = self.v[:, :, src]
-
-    def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
 
 
 def batch_invariant_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
@@ -194,7 +180,7 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     def __init__(self, args: ModelArgs, weights: dict[str, torch.Tensor], n_slots: int,
-                 cache_dtype: torch.dtype | None = None, exact: bool = True) -> None:
+                 exact: bool = True) -> None:
         super().__init__()
         self.args = args
         self.embed = weights["token_embd.weight"]
@@ -207,7 +193,7 @@ class Transformer(nn.Module):
         device = self.embed.device
         cos, sin = rope_tables(args, n_slots, weights.get("rope_freqs.weight"))
         self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
-        self.cache = KVCache(args, n_slots, cache_dtype or self.embed.dtype, device)
+        self.cache = KVCache(args, n_slots, self.embed.dtype, device)
 
     @property
     def device(self) -> torch.device:
@@ -279,15 +265,13 @@ def read_args(reader: gguf.GGUFReader) -> ModelArgs:
         n_layer=int(_field(reader, f"{arch}.block_count")), n_head=n_head,
         n_head_kv=int(_field(reader, f"{arch}.attention.head_count_kv", n_head)),
         n_ff=int(_field(reader, f"{arch}.feed_forward_length")),
-        context_length=int(_field(reader, f"{arch}.context_length", 2048)),
         rope_theta=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
         rms_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
         rope_neox=neox, qkv_bias=bias)
 
 
 def load_gguf(path: str | Path, n_slots: int, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32, cache_dtype: torch.dtype | None = None,
-              exact: bool | None = None) -> Transformer:
+              dtype: torch.dtype = torch.float32, exact: bool | None = None) -> Transformer:
     """Dequantise every tensor of a GGUF into `dtype` on `device` and build the model.
 
     exact (default: on CPU) makes a row's result independent of the batch it is in (float64
@@ -307,4 +291,4 @@ def load_gguf(path: str | Path, n_slots: int, device: str | torch.device = "cpu"
         weights[t.name] = tensor.to(device=device, dtype=torch.float32 if keep_f32 else dtype)
     with torch.device(device):
         exact = str(device) == "cpu" if exact is None else exact
-        return Transformer(args, weights, n_slots, cache_dtype, exact).eval()
+        return Transformer(args, weights, n_slots, exact).eval()

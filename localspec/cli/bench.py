@@ -8,11 +8,11 @@ import click
 
 from localspec.cli.common import (
     ModelOptions,
-    backend_settings,
     model_options,
     note,
     open_engine,
     resolve_model,
+    resolve_settings,
 )
 from localspec.settings import GenerationSettings, SamplingSettings
 
@@ -59,8 +59,8 @@ def bench(opts: ModelOptions, prompts_path, methods,
     prompts = b.load_prompts(prompts_path)[:limit]
     sampling = SamplingSettings(temperature=temperature, seed=seed)
     settings = GenerationSettings(max_tokens=max_tokens, max_draft_tokens=draft_tokens, sampling=sampling)
-    backend_config = backend_settings(opts)
     choice = resolve_model(opts)
+    backend_config = resolve_settings(opts, choice.path).settings
     note(f"model: {choice.describe()}")
     backend, engine = open_engine(choice.path, backend_config, use_budget=not fixed_draft,
                                   runtime=opts.runtime)

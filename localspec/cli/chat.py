@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -26,7 +25,7 @@ def chat(opts: ModelOptions, fixed_draft: bool, learn: bool) -> None:
 
     def load(path: Path) -> ChatModel:
         # runs in the app's loading worker, so planning and cost-curve measuring never block the window
-        resolved = resolve_settings(replace(opts, model=str(path)), path)
+        resolved = resolve_settings(opts, path)
         backend, engine = open_engine(path, resolved.settings, use_budget=not fixed_draft,
                                        runtime=opts.runtime)
         budget = resolved.plan.budget if resolved.plan is not None else None

@@ -131,14 +131,11 @@ def resolve_settings(opts: ModelOptions, model_path=None, measure: bool = True) 
     flags = {f.name: getattr(opts, f.name) for f in fields(ModelOptions)
              if f.name not in ("model", "profile", "backend", "device", "dtype")}
     values, fixed = layer_settings(profile, flags)
-    budget_text = values.pop("budget", None)
-    values.pop("tree_nodes", None)
-    values.pop("drafter", None)
-    backend_keys = {f.name for f in fields(BackendSettings)}
+    budget_text = values.get("budget")
     values["n_threads"] = values.get("n_threads") or default_threads()
+    backend_values = {f.name: values[f.name] for f in fields(BackendSettings) if f.name in values}
     if budget_text is None:
-        return ResolvedSettings(BackendSettings(**{k: v for k, v in values.items() if k in backend_keys}),
-                                None, profile)
+        return ResolvedSettings(BackendSettings(**backend_values), None, profile)
     from localspec.device import probe
     from localspec.memory import ModelMemory, ScratchModel, cached_scratch, calibrate
     from localspec.planner import Planner, SpeedModel, parse_budget
@@ -155,16 +152,10 @@ def resolve_settings(opts: ModelOptions, model_path=None, measure: bool = True) 
     measured = profile.measured if profile else {}
     speed = SpeedModel(speedups=measured.get("speedups")) if measured.get("speedups") else SpeedModel()
     planner = Planner(model, device, scratch or ScratchModel.analytic(model), speed, values["n_threads"])
-    base = BackendSettings(**{k: v for k, v in values.items() if k in backend_keys}
-                           | {"n_ctx": values.get("n_ctx", 0)})
-    settings_profile = profile.settings if profile else {}
-    plan = planner.plan(budget, base, tree_nodes=int(settings_profile.get("tree_nodes", 64)),
-                        drafter=str(settings_profile.get("drafter", "auto")), fixed=fixed)
+    base = BackendSettings(**backend_values | {"n_ctx": values.get("n_ctx", 0)})
+    plan = planner.plan(budget, base, tree_nodes=int(values.get("tree_nodes", 64)),
+                        drafter=str(values.get("drafter", "auto")), fixed=fixed)
     return ResolvedSettings(plan.settings, plan, profile)
-
-
-def backend_settings(opts: ModelOptions, model_path=None) -> BackendSettings:
-    return resolve_settings(opts, model_path).settings
 
 
 def resolve_model(opts: ModelOptions) -> ModelChoice:

@@ -67,10 +67,8 @@ def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, 
     settings = GenerationSettings(max_tokens=max_tokens, stop=tuple(stop), drafter=drafter or "auto",
                                   max_draft_tokens=DRAFT_TOKENS if draft_tokens is None else draft_tokens,
                                   sampling=sampling)  # checks the values before anything loads
-    if drafter is not None:
-        check_drafter(drafter, opts.runtime)
-    if index_path and drafter not in (None, "auto", "retrieval"):
-        raise click.UsageError("--index is used by the auto and retrieval drafters only")
+    if drafter is not None:  # a drafter given by flag is checked before anything loads
+        check_drafting(drafter, index_path, opts)
     store = read_index(index_path) if index_path else None
     if prompt == "-":
         prompt = sys.stdin.read()
@@ -78,10 +76,10 @@ def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, 
     if choice.is_demo:
         note(choice.describe())
     resolved = resolve_settings(opts, choice.path)
+    planned = drafter is None
     drafter, draft_tokens = resolved.speculation(drafter, draft_tokens, DRAFT_TOKENS)
-    check_drafter(drafter, opts.runtime)
-    if index_path and drafter not in ("auto", "retrieval"):
-        raise click.UsageError("--index is used by the auto and retrieval drafters only")
+    if planned:  # chosen by the plan or the profile: checked now
+        check_drafting(drafter, index_path, opts)
     settings = replace(settings, drafter=drafter, max_draft_tokens=draft_tokens)
     backend, engine = open_engine(choice.path, resolved.settings, use_budget=not fixed_draft,
                                   runtime=opts.runtime)
@@ -112,3 +110,9 @@ def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, 
             note(f"stopped: the context window ({backend.n_ctx} tokens) is full")
         if stats and chunk is not None:
             click.echo(json.dumps(chunk.stats.as_dict()), err=True)
+
+
+def check_drafting(drafter: str, index_path: str | None, opts: ModelOptions) -> None:
+    check_drafter(drafter, opts.runtime)
+    if index_path and drafter not in ("auto", "retrieval"):
+        raise click.UsageError("--index is used by the auto and retrieval drafters only")

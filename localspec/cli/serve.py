@@ -8,12 +8,12 @@ import click
 
 from localspec.cli.common import (
     ModelOptions,
-    backend_settings,
     check_drafter,
     model_options,
     note,
     open_engine,
     resolve_model,
+    resolve_settings,
 )
 from localspec.errors import LocalspecError
 
@@ -62,7 +62,7 @@ def serve(opts: ModelOptions, host, port, api_key, cors_origins, log_level, draf
     def load() -> LoadedModel:
         from localspec.drafters.persist import restore_learned, save_learned
 
-        settings = backend_settings(opts, choice.path)  # may plan memory (--budget): part of loading
+        settings = resolve_settings(opts, choice.path).settings  # may plan memory (--budget): part of loading
         backend, engine = open_engine(choice.path, settings, use_budget=not fixed_draft,
                                       runtime=opts.runtime)
         if learn:
@@ -76,7 +76,7 @@ def serve(opts: ModelOptions, host, port, api_key, cors_origins, log_level, draf
         if state is State.FAILED:
             server.should_exit = True  # nothing to serve: stop instead of answering 503 forever
 
-    session = Session(load, on_state=on_state)
+    session = Session(load, max_queue=config.max_queue, on_state=on_state)
     app = create_app(config, session)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                                            log_level=log_level, timeout_graceful_shutdown=GRACE_SECONDS))

@@ -79,10 +79,6 @@ class SkipSetSearch:
         return SkipSet(frozenset(self.layers[i] for i in np.flatnonzero(bits[:m])),
                        frozenset(self.layers[i] for i in np.flatnonzero(bits[m:])))
 
-    def to_bits(self, skip: SkipSet) -> np.ndarray:
-        return np.array([i in skip.attn for i in self.layers] + [i in skip.mlp for i in self.layers],
-                        np.int8)
-
     def first(self) -> np.ndarray:
         """SWIFT's start: every other optimisable layer skipped (attention and MLP)."""
         odd = np.array([i % 2 == 1 for i in self.layers], np.int8)

@@ -24,6 +24,7 @@ from localspec.verify import Verdict
 
 PAPER_LEVEL_COUNTS = (8, 21, 25, 15, 8, 3)  # 80 nodes, depth 6, as in the paper's static tree
 OBSERVE_CHUNK_ROWS = 32  # bounds the int64 index block of argpartition to 32 x n_vocab
+RECYCLING_K = 8  # successors kept per token (the paper's k)
 
 
 def rank_prior(rank: int) -> float:
@@ -35,7 +36,8 @@ def path_score(path: Sequence[int]) -> float:
     return round(math.prod(rank_prior(r) for r in path), 12)  # rounded so equal products tie
 
 
-def rank_template(level_counts: Sequence[int] = PAPER_LEVEL_COUNTS, k: int = 8) -> list[tuple[int, ...]]:
+def rank_template(level_counts: Sequence[int] = PAPER_LEVEL_COUNTS,
+                  k: int = RECYCLING_K) -> list[tuple[int, ...]]:
     """Rank paths with `level_counts[d]` nodes at depth d + 1, best-scoring first.
 
     Level by level, the children of the kept parents compete on the product of rank priors and
@@ -82,7 +84,7 @@ class RankTemplate:
 class TokenRecyclingDrafter:
     name = "recycling"
 
-    def __init__(self, n_vocab: int | None = None, k: int = 8,
+    def __init__(self, n_vocab: int | None = None, k: int = RECYCLING_K,
                  template: Sequence[Sequence[int]] | None = None) -> None:
         """`n_vocab` may be left out: the matrix is then allocated from the first logits seen."""
         if k < 1:

@@ -19,6 +19,7 @@ from localspec.server.schemas import (
     Completion,
     CompletionRequest,
     ErrorBody,
+    ModelCard,
     ModelList,
 )
 from localspec.server.streaming import Reply, collect, disconnected, sse_stream, submit
@@ -79,8 +80,7 @@ def build_router(session: Session, config: ServerConfig, http: HttpCounters) -> 
 
     @router.get("/v1/models", response_model=ModelList)
     async def models():
-        return {"object": "list", "data": [{"id": config.model_id, "object": "model", "created": started,
-                                             "owned_by": "localspec"}]}
+        return ModelList(data=[ModelCard(id=config.model_id, created=started)])
 
     @router.get("/health")
     async def health():

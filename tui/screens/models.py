@@ -12,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, LoadingIndicator, OptionList
 from textual.widgets.option_list import Option
 
-from tui.models import ModelEntry, add_model_folder, find_models, model_folders
+from tui.models import CONFIG_NAME, ModelEntry, add_model_folder, find_models, model_folders
 from tui.status import human_bytes
 
 
@@ -38,7 +38,7 @@ class ModelPickerScreen(ModalScreen[Path | None]):
             yield LoadingIndicator()
             yield OptionList(id="model-list")
             yield Input(placeholder="Add a folder of GGUF files and press Enter", id="folder")
-            yield Label(f"Folders are kept in {self.config_dir / 'chat.toml'}", classes="hint")
+            yield Label(f"Folders are kept in {self.config_dir / CONFIG_NAME}", classes="hint")
 
     def folders(self) -> list[Path]:
         extra = [self.current.parent] if self.current is not None else []

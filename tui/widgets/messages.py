@@ -9,7 +9,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Label, Markdown, Static
 from textual.widgets._markdown import MarkdownFence, MarkdownStream
 
-ROLE_TITLES = {"user": "You", "assistant": "Assistant", "system": "System"}
+from tui.history import ROLE_TITLES
 
 
 class CodeFence(MarkdownFence):
