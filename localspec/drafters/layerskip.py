@@ -327,7 +327,12 @@ class LayerSkipDrafter:
         return self.level_seconds / self.forward_seconds
 
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
-        if len(tree) and tree.source == self.name:
+        if tree.source == self.name:
+            self.record(tree, verdict)
+
+    def record(self, tree: DraftTree, verdict: Verdict) -> None:
+        """Learn acceptance per depth from a verified tree this drafter drafted."""
+        if len(tree):
             self.depth.update(int(tree.depths.max()), verdict.n_accepted)
 
     # -- skip-set optimisation ----------------------------------------------------------------

@@ -170,8 +170,8 @@ class PolybasicDrafter:
         chain, seconds = self._pending
         self._pending = None
         self.stats[chain].update(verdict.n_accepted + 1, len(tree), seconds)
-        if chain == "skip" and len(tree):
-            self.skipper.depth.update(len(tree), verdict.n_accepted)
+        if chain == "skip":
+            self.skipper.record(tree, verdict)
 
 
 def torch_drafter_factory(backend: TorchBackend, curve: CostCurve | None = None,

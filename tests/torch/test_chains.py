@@ -151,3 +151,16 @@ def test_polybasic_retries_a_slower_chain_less_and_less_but_never_stops(torch_ba
     assert any(i > 3000 for i in retries)  # still retried late on
     poly.stats["skip"].update(50, 6, 0.0)  # the skip chain turns out fastest: it runs
     assert poly.choose() == "skip"
+
+
+def test_polybasic_teaches_the_skipper_acceptance_by_depth_not_by_tree_size(torch_backend):
+    from localspec.tree import DraftTree
+    from localspec.verify import Verdict
+
+    poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST)
+    tree = DraftTree(np.array([5, 6, 7], np.int32), np.array([-1, -1, 0], np.int32), "layerskip")  # depth 2
+    poly._pending = ("skip", 0.01)
+    poly.observe(tree, np.zeros((4, torch_backend.n_vocab), np.float32), Verdict([0, 2], [5, 7, 9]))
+    prior, rates = poly.skipper.depth.prior, poly.skipper.depth.rates
+    assert rates[0] > prior and rates[1] > prior  # both depths accepted
+    assert rates[2] == prior  # depth 3 was never drafted: no false rejection recorded
