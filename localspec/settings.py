@@ -82,8 +82,8 @@ class BackendSettings:
         _check(self.n_gpu_layers >= -1, f"n_gpu_layers must be >= -1, got {self.n_gpu_layers}")
         _check(self.kv_type in KV_CACHE_TYPES,
                f"kv_type must be one of {', '.join(KV_CACHE_TYPES)}, got {self.kv_type!r}")
-        _check(1 <= self.max_tree_paths <= 256,
-               f"max_tree_paths must be in [1, 256], got {self.max_tree_paths}")
+        _check(1 <= self.max_tree_paths <= 255,  # llama.cpp has 256 sequences; one pads
+               f"max_tree_paths must be in [1, 255], got {self.max_tree_paths}")
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,19 @@ class DraftTree:
             node = int(self.parents[node])
         return path[::-1]
 
+    def depth_first_order(self) -> np.ndarray:
+        """Node indices in pre-order, children in proposal order: the first path comes first."""
+        children: list[list[int]] = [[] for _ in range(len(self) + 1)]  # slot 0 = the root
+        for node, parent in enumerate(self.parents.tolist()):
+            children[parent + 1].append(node)
+        order: list[int] = []
+        stack = children[0][::-1]
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(children[node + 1][::-1])
+        return np.asarray(order, np.int64)
+
     def paths(self) -> list[list[int]]:
         """Token sequences of every root-to-leaf path."""
         return [self.tokens[self.path_to(int(leaf))].tolist() for leaf in self.leaves()]

@@ -119,6 +119,11 @@ class TokenizesWithLlamaCpp:
         return self.vocab.is_eog(token)
 
 
+# llama.cpp's CPU flash attention works row by row for batches of up to 63 queries and in tiles,
+# rounding differently, from 64 on: waiting tokens only join a verify batch below that size.
+ROW_BY_ROW_ATTENTION_MAX = 63
+
+
 class LlamaCppBackend(TokenizesWithLlamaCpp):
     def __init__(self, model_path: str | Path, settings: BackendSettings | None = None) -> None:
         settings = settings or BackendSettings()
@@ -138,13 +143,13 @@ class LlamaCppBackend(TokenizesWithLlamaCpp):
         # llama.cpp clamps n_batch to n_ctx and reserves an output row per sequence
         n_ctx = settings.n_ctx or lc.llama_model_n_ctx_train(self._model)
         n_batch = min(settings.n_batch, n_ctx)
-        self.max_tree_paths = min(settings.max_tree_paths, n_batch) if self.supports_trees else 1
+        self.max_tree_paths = min(settings.max_tree_paths, n_batch - 1) if self.supports_trees else 1
 
         ctx_params = lc.llama_context_default_params()
         ctx_params.n_ctx = settings.n_ctx
         ctx_params.n_batch = settings.n_batch
         ctx_params.n_ubatch = settings.n_batch
-        ctx_params.n_seq_max = self.max_tree_paths
+        ctx_params.n_seq_max = self.max_tree_paths + 1  # the last one pads lone tokens (_decode)
         ctx_params.kv_unified = True
         ctx_params.n_threads = settings.n_threads
         ctx_params.n_threads_batch = settings.n_threads
@@ -162,23 +167,30 @@ class LlamaCppBackend(TokenizesWithLlamaCpp):
         self.n_batch = lc.llama_n_batch(self._ctx)
         self.n_vocab = self.vocab.n_vocab
 
-        self._batch = lc.llama_batch_init(self.n_batch, 0, self.max_tree_paths)
+        self._batch = lc.llama_batch_init(self.n_batch, 0, self.max_tree_paths + 1)
         cap = self.n_batch
         self._b_token = np.ctypeslib.as_array(self._batch.token, shape=(cap,))
         self._b_pos = np.ctypeslib.as_array(self._batch.pos, shape=(cap,))
         self._b_nseq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(cap,))
         self._b_logits = np.ctypeslib.as_array(self._batch.logits, shape=(cap,))
-        self._b_seq = [np.ctypeslib.as_array(self._batch.seq_id[i], shape=(self.max_tree_paths,))
+        self._b_seq = [np.ctypeslib.as_array(self._batch.seq_id[i], shape=(self.max_tree_paths + 1,))
                        for i in range(cap)]
-        self._tokens: list[int] = []
+        self._tokens: list[int] = []  # committed tokens; the first _n_cached have KV in seq 0
+        self._n_cached = 0
         self._n_paths = 1  # sequences used by the last verified tree
+        self._rows = np.zeros(0, np.int64)  # logits row of each node of the last verified tree
 
     # -- vocabulary -----------------------------------------------------------------------------
 
     @property
     def tokens(self) -> list[int]:
-        """Tokens whose KV is in sequence 0, in order."""
+        """Committed tokens, in order: those in sequence 0, then any waiting to be re-decoded."""
         return self._tokens
+
+    @property
+    def n_cached(self) -> int:
+        """How many of `tokens` have their KV in sequence 0 (the rest go into the next batch)."""
+        return self._n_cached
 
     @property
     def chat_template(self) -> str | None:
@@ -194,9 +206,11 @@ class LlamaCppBackend(TokenizesWithLlamaCpp):
         """Keep the first n_keep committed tokens (to reuse a shared prefix)."""
         if n_keep >= len(self._tokens):
             return
-        if n_keep == 0 or not lc.llama_memory_seq_rm(self._mem, 0, n_keep, -1):
-            lc.llama_memory_clear(self._mem, False)
-            n_keep = 0
+        if n_keep < self._n_cached:
+            if n_keep == 0 or not lc.llama_memory_seq_rm(self._mem, 0, n_keep, -1):
+                lc.llama_memory_clear(self._mem, False)
+                n_keep = 0
+            self._n_cached = n_keep
         del self._tokens[n_keep:]
 
     def prefill(self, tokens: list[int]) -> None:
@@ -204,50 +218,78 @@ class LlamaCppBackend(TokenizesWithLlamaCpp):
         if len(self._tokens) + len(tokens) >= self.n_ctx:
             raise ContextOverflowError(
                 f"{len(self._tokens) + len(tokens)} tokens do not fit the context of {self.n_ctx}")
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start:start + self.n_batch]
+        self._tokens.extend(tokens)
+        self._decode_pending()
+
+    def _decode_pending(self) -> None:
+        """Decode every committed token not yet in the cache into sequence 0, in order."""
+        while self._n_cached < len(self._tokens):
+            chunk = self._tokens[self._n_cached:self._n_cached + self.n_batch]
             n = len(chunk)
             self._b_token[:n] = chunk
-            self._b_pos[:n] = np.arange(len(self._tokens), len(self._tokens) + n)
+            self._b_pos[:n] = np.arange(self._n_cached, self._n_cached + n)
             self._b_nseq[:n] = 1
             self._b_logits[:n] = 0
             for i in range(n):
                 self._b_seq[i][0] = 0
             self._decode(n)
-            self._tokens.extend(chunk)
+            self._n_cached += n
 
     def verify(self, root: int, tree: DraftTree) -> np.ndarray:
-        """Decode root + tree in one batch; return logits [1 + len(tree), n_vocab] (a view)."""
-        n = 1 + len(tree)
+        """Decode root + tree in one batch; return logits [1 + len(tree), n_vocab].
+
+        Committed tokens still waiting for their KV ride in front of the root, and the nodes go
+        in depth-first order, so that the cache stays laid out like plain decoding's (see commit).
+        """
         n_past = len(self._tokens)
-        if n > self.n_batch or n_past + n > self.n_ctx:
+        if 1 + len(tree) > self.n_batch or n_past + 1 + len(tree) > self.n_ctx:
             raise ContextOverflowError(f"a tree of {len(tree)} nodes does not fit (n_past={n_past})")
+        if n_past - self._n_cached + 1 + len(tree) > min(self.n_batch, ROW_BY_ROW_ATTENTION_MAX):
+            self._decode_pending()
+        k = n_past - self._n_cached
+        n = k + 1 + len(tree)
         leaves = tree.leaves() if len(tree) else np.zeros(0, np.int64)
         n_paths = max(1, len(leaves))
         if n_paths > self.max_tree_paths:
             raise BackendError(f"tree has {n_paths} paths, more than {self.max_tree_paths}")
-        self._b_token[0] = root
-        self._b_token[1:n] = tree.tokens
-        self._b_pos[0] = n_past
-        self._b_pos[1:n] = n_past + tree.depths
-        self._b_logits[:n] = 1
-        self._b_nseq[0] = n_paths
-        self._b_seq[0][:n_paths] = np.arange(n_paths)
-        self._b_nseq[1:n] = 0
+        order = tree.depth_first_order()
+        rows = np.empty(len(tree), np.int64)  # batch row of each node
+        rows[order] = np.arange(k + 1, n)
+        self._b_token[:k] = self._tokens[self._n_cached:]
+        self._b_token[k] = root
+        self._b_token[rows] = tree.tokens
+        self._b_pos[:k + 1] = np.arange(self._n_cached, n_past + 1)
+        self._b_pos[rows] = n_past + tree.depths
+        self._b_logits[:k] = 0
+        self._b_logits[k:n] = 1
+        self._b_nseq[:k + 1] = n_paths
+        for row in range(k + 1):
+            self._b_seq[row][:n_paths] = np.arange(n_paths)
+        self._b_nseq[k + 1:n] = 0
         for path, leaf in enumerate(leaves.tolist()):  # tag each node with the paths through it
-            for node in tree.path_to(leaf):
-                row = node + 1
+            for row in rows[tree.path_to(leaf)].tolist():
                 self._b_seq[row][self._b_nseq[row]] = path
                 self._b_nseq[row] += 1
         for path in range(1, n_paths):
             lc.llama_memory_seq_cp(self._mem, 0, path, -1, -1)
         self._n_paths = n_paths
         self._decode(n)
-        logits = lc.llama_get_logits(self._ctx)
-        return np.ctypeslib.as_array(logits, shape=(n, self.n_vocab))
+        self._n_cached = n_past
+        self._rows = rows - k
+        logits = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), shape=(n - k, self.n_vocab))
+        if np.array_equal(order, np.arange(len(tree))):
+            return logits
+        return logits[np.concatenate(([0], self._rows))]
 
     def commit(self, root: int, tree: DraftTree, accepted: list[int]) -> None:
-        """Keep root + the accepted path in sequence 0 and drop every other tree node."""
+        """Keep root + the accepted path in sequence 0 and drop every other tree node.
+
+        llama.cpp sums attention over cache cells in cell order, so a token whose cell comes
+        after a later position's would round differently from plain decoding. Only the part of
+        the accepted path that sits right after the root in the batch keeps its KV; the rest is
+        re-decoded in front of the next batch, which keeps outputs bit-identical to plain
+        decoding on the CPU.
+        """
         n_past = len(self._tokens)
         if self._n_paths > 1:
             winner = 0
@@ -260,14 +302,28 @@ class LlamaCppBackend(TokenizesWithLlamaCpp):
             for path in range(1, self._n_paths):
                 lc.llama_memory_seq_rm(self._mem, path, -1, -1)
             self._n_paths = 1
-        if len(tree) and not lc.llama_memory_seq_rm(self._mem, 0, n_past + 1 + len(accepted), -1):
+        in_place = 0  # accepted nodes in the rows right after the root
+        while in_place < len(accepted) and self._rows[accepted[in_place]] == in_place + 1:
+            in_place += 1
+        if len(tree) and not lc.llama_memory_seq_rm(self._mem, 0, n_past + 1 + in_place, -1):
             raise BackendError("this model's cache cannot drop rejected draft tokens")
         self._tokens.append(root)
         self._tokens.extend(tree.tokens[accepted].tolist())
+        self._n_cached = n_past + 1 + in_place
 
     def _decode(self, n: int) -> None:
+        # On the CPU a lone query takes llama.cpp's split-KV attention once the cache holds 512
+        # cells, which rounds differently from the row-by-row attention of a batch: a throwaway
+        # copy of the token in a spare sequence keeps plain decoding on the same path as trees.
+        pad = n == 1 and self.supports_trees and self._b_pos[0] + 2 <= self.n_ctx
+        if pad:
+            self._b_token[1], self._b_pos[1] = self._b_token[0], self._b_pos[0]
+            self._b_nseq[1], self._b_seq[1][0], self._b_logits[1] = 1, self.max_tree_paths, 0
+            n = 2
         self._batch.n_tokens = n
         status = lc.llama_decode(self._ctx, self._batch)
+        if pad:
+            lc.llama_memory_seq_rm(self._mem, self.max_tree_paths, -1, -1)
         if status != 0:
             raise BackendError(f"llama_decode failed with status {status}: {_last_error()}")
 

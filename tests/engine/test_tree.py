@@ -44,3 +44,24 @@ def test_depths_leaves_and_paths():
     assert tree.depths.tolist() == [1, 2, 3, 2, 1]
     assert sorted(tree.paths()) == [[1, 2, 3], [1, 4], [5]]
     assert tree.path_to(2) == [0, 1, 2]
+
+
+@given(st.lists(st.integers(-1, 30), min_size=1, max_size=30))
+def test_depth_first_order_visits_parents_first_and_keeps_each_subtree_together(raw_parents):
+    parents = np.array([min(p, i - 1) for i, p in enumerate(raw_parents)], np.int32)
+    tree = DraftTree(np.arange(len(parents), dtype=np.int32), parents)
+    order = tree.depth_first_order().tolist()
+    assert sorted(order) == list(range(len(tree)))
+    position = {node: i for i, node in enumerate(order)}
+    for node in range(len(tree)):
+        assert parents[node] < 0 or position[int(parents[node])] < position[node]
+        subtree = {n for n in range(len(tree)) if node in tree.path_to(n)}
+        assert sorted(position[n] for n in subtree) == list(
+            range(position[node], position[node] + len(subtree)))
+
+
+def test_depth_first_order_puts_the_first_path_first():
+    tree = DraftTree.from_paths([[1, 2, 3], [1, 4], [5, 6]])  # BFS would be 1 5 2 4 6 3
+    assert tree.tokens[tree.depth_first_order()].tolist() == [1, 2, 3, 4, 5, 6]
+    bfs = DraftTree(np.array([1, 5, 2, 4, 6, 3], np.int32), np.array([-1, -1, 0, 0, 1, 2], np.int32))
+    assert bfs.tokens[bfs.depth_first_order()].tolist() == [1, 2, 3, 4, 5, 6]
