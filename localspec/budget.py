@@ -135,26 +135,27 @@ class SpeculationBudget:
         self.explore_every = explore_every
         self.stats: dict[str, AcceptanceStats] = {}
         self._steps = 0
-        self._costs = curve.time(np.arange(1, max_nodes + 2))  # t(1 + n) for n = 0..max_nodes
 
     def _stats(self, source: str) -> AcceptanceStats:
         if source not in self.stats:
             self.stats[source] = AcceptanceStats()
         return self.stats[source]
 
-    def best_size(self, source: str, available: int) -> int:
+    def best_size(self, source: str, available: int, extra_rows: int = 0) -> int:
         """argmax over n in [0, available] of expected tokens / expected seconds."""
         stats = self._stats(source)
         n_max = min(available, self.max_nodes, stats.slots)
         gain = 1.0 + np.concatenate([[0.0], np.cumsum(stats.rates[:n_max])])
-        seconds = self._costs[: n_max + 1] + np.where(np.arange(n_max + 1) > 0, stats.draft_seconds, 0.0)
+        costs = self.curve.time(np.arange(1 + extra_rows, n_max + 2 + extra_rows))  # t(extra + 1 + n)
+        seconds = costs + np.where(np.arange(n_max + 1) > 0, stats.draft_seconds, 0.0)
         return int(np.argmax(gain / seconds))
 
-    def trim(self, tree: DraftTree) -> DraftTree:
+    def trim(self, tree: DraftTree, extra_rows: int = 0) -> DraftTree:
+        """Keep the best number of nodes; `extra_rows` more tokens ride in the same batch."""
         self._steps += 1
         if self.explore_every and self._steps % self.explore_every == 0:
             return tree.truncated(self.max_nodes)  # look past the current choice now and then
-        return tree.truncated(self.best_size(tree.source, len(tree)))
+        return tree.truncated(self.best_size(tree.source, len(tree), extra_rows))
 
     def observe(self, tree: DraftTree, verdict: Verdict, draft_seconds: float) -> None:
         if len(tree):

@@ -128,7 +128,7 @@ class Engine:
                                 backend.max_tree_paths)
                 draft_seconds = time.perf_counter() - start
                 if self.budget is not None:
-                    tree = self.budget.trim(tree)
+                    tree = self.budget.trim(tree, extra_rows=len(backend.tokens) - backend.n_cached)
             logits = backend.verify(root, tree)
             verdict = judge(tree, logits, history[:n_hist], settings.sampling, coin)
             drafter.observe(tree, logits, verdict)

@@ -53,6 +53,10 @@ class FakeBackend:
     def tokens(self) -> list[int]:
         return self._tokens
 
+    @property
+    def n_cached(self) -> int:
+        return len(self._tokens)
+
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         return [b % self.n_vocab for b in text.encode()]
 

@@ -28,6 +28,11 @@ class Backend(Protocol):
     @property
     def tokens(self) -> list[int]: ...
 
+    @property
+    def n_cached(self) -> int:
+        """How many of `tokens` are in the KV cache; the rest join the front of the next verify."""
+        ...
+
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False
                  ) -> list[int]: ...
 

@@ -145,6 +145,10 @@ class TorchBackend(TokenizesWithLlamaCpp):
         return self._tokens
 
     @property
+    def n_cached(self) -> int:
+        return len(self._tokens)
+
+    @property
     def chat_template(self) -> str | None:
         return self._vocab_model.chat_template
 

@@ -43,6 +43,15 @@ def test_cpu_curve_takes_a_few_good_nodes_only():
     assert 2 <= n <= 5
 
 
+def test_tokens_riding_in_the_batch_count_against_the_tree():
+    # a CPU kernel that runs batches of up to 4 rows at the price of one
+    stepped = CostCurve((1, 4, 5, 8), (0.010, 0.010, 0.020, 0.020))
+    budget = trained(stepped, [0.6, 0.6, 0.3, 0.3])
+    assert budget.best_size("d", 4) == 3  # root + 3 nodes fill the cheap batch
+    assert budget.best_size("d", 4, extra_rows=1) == 2  # one waiting token takes a row
+    assert budget.trim(DraftTree.chain([1, 2, 3, 4], "d"), extra_rows=2).tokens.tolist() == [1]
+
+
 def test_rates_are_learned_from_verdicts():
     budget = SpeculationBudget(CPU, explore_every=0)
     tree = DraftTree.chain([1, 2, 3, 4])
