@@ -20,7 +20,11 @@ class PromptLookupDrafter:
         pass
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
-        """The continuation of the earliest match of the longest suffix (n = max..min)."""
+        """The continuation of the earliest match of the longest suffix (n = max..min).
+
+        The source names the matched length ("lookup:2"), so the budget learns how far a draft
+        from a short match is worth verifying apart from one from a long match.
+        """
         for n in range(self.max_ngram, self.min_ngram - 1, -1):
             if len(history) <= n:
                 continue
@@ -28,7 +32,7 @@ class PromptLookupDrafter:
             hits = np.flatnonzero((windows == history[-n:]).all(axis=1))
             if hits.size:
                 start = int(hits[0]) + n
-                return DraftTree.chain(history[start:start + budget].tolist(), self.name)
+                return DraftTree.chain(history[start:start + budget].tolist(), f"{self.name}:{n}")
         return DraftTree.empty(self.name)
 
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:

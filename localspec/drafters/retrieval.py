@@ -161,7 +161,9 @@ class SuffixAutomatonDrafter:
         n_draft = min(budget, self.max_draft, 1 + 4 * self.match_length)
         if self.match_length == 0 or n_draft <= 0:
             return DraftTree.empty(self.name)
-        return DraftTree.chain(self.automaton.continuation(n_draft, self.cyclic).tolist(), self.name)
+        # the source names the match length (4 = 4 or more): the budget learns each apart
+        source = f"{self.name}:{min(self.match_length, 4)}"
+        return DraftTree.chain(self.automaton.continuation(n_draft, self.cyclic).tolist(), source)
 
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
         pass  # accepted tokens arrive with the next history

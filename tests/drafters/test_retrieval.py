@@ -80,6 +80,7 @@ def test_draft_length_follows_the_match_length_rule():
     tree = drafter.propose(history, 16)
     assert drafter.match_length == 2
     assert tree.tokens.tolist() == [2, 3, 4, 5, 6, 8, 9, 1, 9]  # 1 + 4 * 2 tokens
+    assert tree.source == "retrieval:2"  # the budget learns each match length apart
     assert drafter.propose(history, 3).tokens.tolist() == [2, 3, 4]
     assert len(drafter.propose(history, 0)) == 0
     assert len(SuffixAutomatonDrafter().propose(np.array([1, 2, 3], np.int32), 8)) == 0
