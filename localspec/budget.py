@@ -115,8 +115,9 @@ class AcceptanceStats:
     draft_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        # optimistic start, refined as proposals are verified
-        self.rates = np.full(self.slots, self.prior)
+        # a start that halves per slot (node i is rarely accepted without the nodes before it),
+        # so a new drafter or match length verifies a couple of nodes until its rates are known
+        self.rates = self.prior ** np.arange(1, self.slots + 1, dtype=float)
 
     def update(self, tree: DraftTree, verdict: Verdict, draft_seconds: float) -> None:
         n = min(len(tree), self.slots)

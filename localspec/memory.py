@@ -170,8 +170,9 @@ class MemoryBreakdown:
 
 
 def logits_rows(settings: BackendSettings, tree_nodes: int) -> int:
-    """llama.cpp reserves one output row per sequence and grows to the largest batch of outputs."""
-    return max(settings.max_tree_paths, tree_nodes + 1)
+    """llama.cpp reserves one output row per sequence (the paths and the one that pads lone
+    tokens) and grows to the largest batch of outputs."""
+    return max(settings.max_tree_paths + 1, tree_nodes + 1)
 
 
 def drafter_bytes(drafter: str, model: ModelMemory, n_ctx: int) -> int:

@@ -124,12 +124,12 @@ def measure_speed(engine, backend, prompts: tuple[str, ...], drafters: tuple[str
 def tune(model_path: Path, budget: int | None, n_threads: int, budget_text: str | None = None,
          name: str = "tuned", max_tokens: int = 64, prompts: tuple[str, ...] = TUNE_PROMPTS,
          drafters: tuple[str, ...] = TUNE_DRAFTERS, check_points: list[tuple[int, int, str]] | None = None,
-         progress: Progress = _noop) -> TuneResult:
+         progress: Progress = _noop, device: DeviceInfo | None = None) -> TuneResult:
     from localspec.backends.llamacpp import LlamaCppBackend
     from localspec.budget import SpeculationBudget, cached_cost_curve
     from localspec.engine import Engine
 
-    device = probe()
+    device = device or probe()
     model = ModelMemory.from_gguf(model_path)
     steps = [0]
 

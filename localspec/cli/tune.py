@@ -27,9 +27,9 @@ def tune(opts: ModelOptions, name, max_tokens) -> None:
     if choice.is_demo:
         note(choice.describe())
     threads = opts.n_threads or default_threads()
+    device = probe()
     budget = None
     if opts.budget:
-        device = probe()
         budget = parse_budget(opts.budget, device.gpu_free if device.kind != "cpu" else device.ram_available)
     console = Console(stderr=True)
     labels = {"calibrate": "memory calibration", "memory": "memory checks",
@@ -44,7 +44,7 @@ def tune(opts: ModelOptions, name, max_tokens) -> None:
             bars.update(tasks[stage], completed=done, total=total)
 
         result = run_tune(choice.path, budget, threads, budget_text=opts.budget, name=name,
-                          max_tokens=max_tokens, progress=progress)
+                          max_tokens=max_tokens, progress=progress, device=device)
     plan, s = result.plan, result.plan.settings
     click.echo(f"memory model: {', '.join(f'{c.label}: {c.error:+.1%}' for c in result.checks)} "
                "(predicted vs measured peak RSS)")

@@ -47,7 +47,7 @@ def test_estimate_adds_up_and_logits_follow_tree_rows():
     assert mem.compute_host == 10 * MiB + 512 * 1000 + 8192 * 512 * 2
     assert mem.total == sum(host + device for _, host, device in mem.rows())
     fewer = estimate(model, settings, tree_nodes=7, drafter="auto", scratch=scratch)
-    assert fewer.logits == 16 * 128256 * 4  # llama.cpp keeps one output row per sequence
+    assert fewer.logits == 17 * 128256 * 4  # one output row per sequence: 16 paths + the pad
     plain = estimate(model, settings, tree_nodes=0, drafter="none", scratch=scratch)
     assert plain.drafter < mem.drafter
     assert drafter_bytes("auto", model, 8192) - drafter_bytes("retrieval", model, 8192) > 128256 * 8 * 4
