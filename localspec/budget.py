@@ -154,9 +154,11 @@ class SpeculationBudget:
     def trim(self, tree: DraftTree, extra_rows: int = 0) -> DraftTree:
         """Keep the best number of nodes; `extra_rows` more tokens ride in the same batch."""
         self._steps += 1
+        size = self.best_size(tree.source, len(tree), extra_rows)
         if self.explore_every and self._steps % self.explore_every == 0:
-            return tree.truncated(self.max_nodes)  # look past the current choice now and then
-        return tree.truncated(self.best_size(tree.source, len(tree), extra_rows))
+            # now and then look past the current choice, at a price that grows with it
+            size = min(2 * size + 2, self.max_nodes)
+        return tree.truncated(size)
 
     def observe(self, tree: DraftTree, verdict: Verdict, draft_seconds: float) -> None:
         if len(tree):
