@@ -4,7 +4,13 @@ KV layout: sequence 0 holds the committed tokens. A draft tree with P root-to-le
 sequences 0..P-1 (path 0 shares sequence 0, so chains need no copies); every tree node is tagged
 with the ids of all paths through it, at position n_past + depth. After verification the winning
 path is moved into sequence 0, branch sequences are dropped and sequence 0 is trimmed to the
-accepted depth, so nothing is ever decoded twice.
+accepted depth.
+
+Bit-identical to plain decoding: llama.cpp sums attention over cache cells in cell order, so the
+cells of sequence 0 must stay in position order, as plain decoding leaves them. Nodes go into the
+batch depth-first; accepted nodes that do not sit right behind the root are dropped and decoded
+again in front of the next batch (`n_cached` < len(tokens) until then). The last sequence pads
+single-token batches (see `_decode`).
 """
 
 from __future__ import annotations

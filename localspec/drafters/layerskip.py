@@ -43,7 +43,7 @@ class LayerSkipSettings:
     window: int = 32  # recent generated tokens that score a skip set
     min_window: int = 12
     target_score: float = 0.93  # stop optimising when a set matches this often...
-    max_evals: int = 40  # ...or after this many evaluations
+    max_evals: int = 40  # ...or after this many evaluations (half when no set promised a speed-up)
     bo_every: int = 5  # a Bayesian-optimisation proposal every this many evaluations
     max_skip_ratio: float = 0.75  # of the optimisable sublayers
     probe_every: int = 16  # when drafting does not pay, still draft once in this many steps
@@ -365,7 +365,8 @@ class LayerSkipDrafter:
         self._consider(skip, match)
         self.evals += 1
         self.search_seconds += time.perf_counter() - start
-        if match >= self.settings.target_score or self.evals >= self.settings.max_evals:
+        hopeless = self.skip is None and self.evals >= self.settings.max_evals // 2
+        if match >= self.settings.target_score or self.evals >= self.settings.max_evals or hopeless:
             self.settle()
 
     def _consider(self, skip: SkipSet, match: float) -> None:

@@ -76,6 +76,19 @@ def test_optimised_skip_set_is_cached_per_task(torch_backend):
     assert again.settled and again.skip == drafter.skip
 
 
+def test_search_gives_up_at_half_its_evaluations_when_no_set_can_pay(torch_backend):
+    steep = CostCurve((1, 2, 64), (0.010, 0.020, 0.640))  # every verified draft costs a full step
+    settings = LayerSkipSettings(min_window=4, window=16, max_evals=8)
+    drafter = LayerSkipDrafter(torch_backend, steep, settings, task="hopeless-test")
+    prompt = np.random.default_rng(8).integers(0, torch_backend.n_vocab, 40).astype(np.int32)
+    torch_backend.truncate(0)
+    torch_backend.prefill(prompt[:-1].tolist())
+    drafter.begin(prompt[:20])
+    while not drafter.settled:
+        drafter.propose(prompt, 4)
+    assert drafter.skip is None and drafter.evals == settings.max_evals // 2
+
+
 def test_search_never_skips_first_or_last_layer_and_bo_proposes_untried():
     search = SkipSetSearch(6, LayerSkipSettings(bo_every=2))
     for step in range(12):
