@@ -73,7 +73,8 @@ def main() -> None:
               {"attn": sorted(skipper.skip.attn), "mlp": sorted(skipper.skip.mlp), "match": skipper.score,
                "evals": skipper.evals, "search_seconds": round(skipper.search_seconds, 2)},
               "polybasic_chains": None if "polybasic" not in methods else
-              {c: vars(s) for c, s in engine.drafter("polybasic").stats.items()},
+              {regime: {c: vars(s) for c, s in chains.items()}
+               for regime, chains in engine.drafter("polybasic").stats.items()},
               **report, "summary": summary, "by_category": by_category}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

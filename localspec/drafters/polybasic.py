@@ -7,10 +7,12 @@ Three chains compete, each a pipeline of verifiers of rising cost:
              path it agrees with, extends it from there, and the full model verifies the result
              merged with the rest of the model-free tree.
 Which chain runs comes from measured cost and acceptance, as in the budget: for each chain an
-online estimate of tokens per step, drafting seconds and verified nodes; its speed is tokens over
-(drafting + t(nodes + 1)) from the backend's cost curve, and the fastest runs (each is retried now
-and then). This is the seed paper's stage-insertion rule measured rather than derived: inserting
-the skipped model pays iff it raises tokens per second.
+online estimate of tokens per step, drafting seconds and verified nodes, kept per regime of the
+model-free tree (a long retrieval match yields far more tokens than a recycling tree, so their
+steps are not averaged together); its speed is tokens over (drafting + t(nodes + 1)) from the
+backend's cost curve, and the fastest runs (each is retried now and then). This is the seed
+paper's stage-insertion rule measured rather than derived: inserting the skipped model pays iff
+it raises tokens per second.
 
 Every stage is lossless for its verifier: the full model applies the engine's exact greedy or
 sampling rule to whatever it is given, and `verify_chain_sampled` is the exact rule for drafts
@@ -93,52 +95,56 @@ class PolybasicDrafter:
         self.free = free or AutoDrafter()
         self.skipper = LayerSkipDrafter(backend, curve, settings)
         self.explore_every = explore_every
-        self.stats = {c: ChainStats() for c in CHAINS}
+        self.stats: dict[str, dict[str, ChainStats]] = {}  # regime -> chain -> estimates
         self._steps = 0
         self._interval = dict.fromkeys(CHAINS, explore_every)  # steps until a chain is retried
         self._next = dict.fromkeys(CHAINS, explore_every)
-        self._pending: tuple[str, float] | None = None
+        self._pending: tuple[str, str, float] | None = None  # regime, chain, drafting seconds
 
     def begin(self, prompt: np.ndarray) -> None:
         self.free.begin(prompt)
         self.skipper.begin(prompt)
 
-    def choose(self) -> str:
-        """The fastest chain by its estimates; a slower one is retried after its interval, which
-        doubles (up to MAX_EXPLORE_INTERVAL steps) each time it is retried and still slower, so
-        exploring a chain that does not pay costs less and less."""
+    def chain_stats(self, regime: str) -> dict[str, ChainStats]:
+        return self.stats.setdefault(regime, {c: ChainStats() for c in CHAINS})
+
+    def choose(self, regime: str = "") -> str:
+        """The fastest chain by its estimates in this regime; a slower one is retried after its
+        interval, which doubles (up to MAX_EXPLORE_INTERVAL steps) each time it is retried and
+        still slower, so exploring a chain that does not pay costs less and less."""
         usable = [c for c in CHAINS if c == "free" or self.skipper.skip is not None]
+        stats = self.chain_stats(regime)
         self._steps += 1
-        best = max(usable, key=self.speed)
+        best = max(usable, key=lambda c: self.speed(stats[c]))
         self._interval[best] = self.explore_every
         self._next[best] = self._steps + self.explore_every
         due = [c for c in usable if c != best and self.explore_every and self._steps >= self._next[c]]
         if not due:
             return best
         chain = min(due, key=lambda c: self._next[c])
-        if self.stats[chain].runs >= MIN_RUNS:
+        if stats[chain].runs >= MIN_RUNS:
             self._interval[chain] = min(2 * self._interval[chain], MAX_EXPLORE_INTERVAL)
         self._next[chain] = self._steps + self._interval[chain]
         return chain
 
-    def speed(self, chain: str) -> float:
-        s = self.stats[chain]
+    def speed(self, s: ChainStats) -> float:
         return s.tokens / (s.draft_seconds + float(self.curve.time(s.nodes + 1)))
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
         start = time.perf_counter()
         if not self.skipper.settled:
             self.skipper.optimise(history)
-        chain = self.choose()
+        tree = self.free.propose(history, budget)  # cheap; its regime picks the estimates
+        regime = tree.source  # "auto:retrieval" or "auto:recycling", also kept for the budget
+        chain = self.choose(regime)
         if chain == "skip":
             tree = self.skipper.propose(history, budget)
             source = self.skipper.name
         else:
-            tree = self.free.propose(history, budget)
-            source = tree.source  # "auto:retrieval" or "auto:recycling": kept, so the budget
-            if chain == "free+skip" and len(tree):  # learns acceptance per regime as for auto
+            source = regime
+            if chain == "free+skip" and len(tree):
                 tree = self.refine(tree, int(history[-1]), budget)
-        self._pending = (chain, time.perf_counter() - start)
+        self._pending = (regime, chain, time.perf_counter() - start)
         return DraftTree(tree.tokens, tree.parents, f"{self.name}:{chain}:{source}")
 
     def refine(self, tree: DraftTree, root: int, budget: int) -> DraftTree:
@@ -167,9 +173,9 @@ class PolybasicDrafter:
         self.free.observe(tree, logits, verdict)
         if self._pending is None:
             return
-        chain, seconds = self._pending
+        regime, chain, seconds = self._pending
         self._pending = None
-        self.stats[chain].update(verdict.n_accepted + 1, len(tree), seconds)
+        self.chain_stats(regime)[chain].update(verdict.n_accepted + 1, len(tree), seconds)
         if chain == "skip":
             self.skipper.record(tree, verdict)
 

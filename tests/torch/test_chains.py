@@ -157,13 +157,14 @@ def test_polybasic_retries_a_slower_chain_less_and_less_but_never_stops(torch_ba
     poly.skipper.skip = SkipSet(frozenset(), frozenset({2}))
     for chain, tokens in (("free", 3.0), ("skip", 1.2), ("free+skip", 1.5)):
         for _ in range(4):  # measured enough to be trusted, and slower than the free chain
-            poly.stats[chain].update(tokens, 6, 0.0 if chain == "free" else 0.02)
+            poly.chain_stats("")[chain].update(tokens, 6, 0.0 if chain == "free" else 0.02)
     chosen = [poly.choose() for _ in range(4000)]
     retries = [i for i, c in enumerate(chosen) if c != "free"]
     assert 4 <= len(retries) <= 40  # a fixed interval of 8 would retry 1,000 times
     assert any(i > 3000 for i in retries)  # still retried late on
-    poly.stats["skip"].update(50, 6, 0.0)  # the skip chain turns out fastest: it runs
+    poly.chain_stats("")["skip"].update(50, 6, 0.0)  # the skip chain turns out fastest: it runs
     assert poly.choose() == "skip"
+    assert poly.choose("auto:retrieval") == "free"  # another regime keeps its own estimates
 
 
 def test_polybasic_teaches_the_skipper_acceptance_by_depth_not_by_tree_size(torch_backend):
@@ -172,7 +173,7 @@ def test_polybasic_teaches_the_skipper_acceptance_by_depth_not_by_tree_size(torc
 
     poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST)
     tree = DraftTree(np.array([5, 6, 7], np.int32), np.array([-1, -1, 0], np.int32), "layerskip")  # depth 2
-    poly._pending = ("skip", 0.01)
+    poly._pending = ("auto:recycling", "skip", 0.01)
     poly.observe(tree, np.zeros((4, torch_backend.n_vocab), np.float32), Verdict([0, 2], [5, 7, 9]))
     prior, rates = poly.skipper.depth.prior, poly.skipper.depth.rates
     assert rates[0] > prior and rates[1] > prior  # both depths accepted
