@@ -62,14 +62,21 @@ def test_layerskip_declines_to_draft_when_it_does_not_pay_but_still_probes(torch
     assert sizes[4:7] == [0, 0, 0] and drafter.level_seconds is not None
 
 
-def test_optimised_skip_set_is_cached_per_task(torch_backend):
-    drafter = LayerSkipDrafter(torch_backend, CURVE, FAST, task="cache-test")
-    prompt = np.random.default_rng(6).integers(0, torch_backend.n_vocab, 40).astype(np.int32)
-    torch_backend.truncate(0)
-    torch_backend.prefill(prompt[:-1].tolist())
+def search_until_settled(backend, curve: CostCurve, settings: LayerSkipSettings, task: str,
+                         seed: int) -> tuple[LayerSkipDrafter, np.ndarray]:
+    """A skipper that optimised its skip set over random text until it settled."""
+    drafter = LayerSkipDrafter(backend, curve, settings, task=task)
+    prompt = np.random.default_rng(seed).integers(0, backend.n_vocab, 40).astype(np.int32)
+    backend.truncate(0)
+    backend.prefill(prompt[:-1].tolist())
     drafter.begin(prompt[:20])
     while not drafter.settled:
         drafter.propose(prompt, 4)
+    return drafter, prompt
+
+
+def test_optimised_skip_set_is_cached_per_task(torch_backend):
+    drafter, prompt = search_until_settled(torch_backend, CURVE, FAST, "cache-test", seed=6)
     assert 0 < drafter.evals <= FAST.max_evals
     again = LayerSkipDrafter(torch_backend, CURVE, FAST, task="cache-test")
     again.begin(prompt[:20])
@@ -79,13 +86,7 @@ def test_optimised_skip_set_is_cached_per_task(torch_backend):
 def test_search_gives_up_at_half_its_evaluations_when_no_set_can_pay(torch_backend):
     steep = CostCurve((1, 2, 64), (0.010, 0.020, 0.640))  # every verified draft costs a full step
     settings = LayerSkipSettings(min_window=4, window=16, max_evals=8)
-    drafter = LayerSkipDrafter(torch_backend, steep, settings, task="hopeless-test")
-    prompt = np.random.default_rng(8).integers(0, torch_backend.n_vocab, 40).astype(np.int32)
-    torch_backend.truncate(0)
-    torch_backend.prefill(prompt[:-1].tolist())
-    drafter.begin(prompt[:20])
-    while not drafter.settled:
-        drafter.propose(prompt, 4)
+    drafter, _ = search_until_settled(torch_backend, steep, settings, "hopeless-test", seed=8)
     assert drafter.skip is None and drafter.evals == settings.max_evals // 2
 
 
