@@ -131,9 +131,9 @@ class PolybasicDrafter:
         return s.tokens / (s.draft_seconds + float(self.curve.time(s.nodes + 1)))
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
-        start = time.perf_counter()
-        if not self.skipper.settled:
+        if not self.skipper.settled:  # a search step: a one-off cost, not the chain's
             self.skipper.optimise(history)
+        start = time.perf_counter()
         tree = self.free.propose(history, budget)  # cheap; its regime picks the estimates
         regime = tree.source  # "auto:retrieval" or "auto:recycling", also kept for the budget
         chain = self.choose(regime)
