@@ -269,8 +269,9 @@ class LlamaCppBackend(TokenizesWithLlamaCpp):
         self._b_logits[:k] = 0
         self._b_logits[k:n] = 1
         self._b_nseq[:k + 1] = n_paths
-        for row in range(k + 1):
-            self._b_seq[row][:n_paths] = np.arange(n_paths)
+        every_path = np.arange(n_paths)
+        for row in range(k + 1):  # waiting tokens and the root are in every path
+            self._b_seq[row][:n_paths] = every_path
         self._b_nseq[k + 1:n] = 0
         for path, leaf in enumerate(leaves.tolist()):  # tag each node with the paths through it
             for row in rows[tree.path_to(leaf)].tolist():
@@ -288,14 +289,8 @@ class LlamaCppBackend(TokenizesWithLlamaCpp):
         return logits[np.concatenate(([0], self._rows))]
 
     def commit(self, root: int, tree: DraftTree, accepted: list[int]) -> None:
-        """Keep root + the accepted path in sequence 0 and drop every other tree node.
-
-        llama.cpp sums attention over cache cells in cell order, so a token whose cell comes
-        after a later position's would round differently from plain decoding. Only the part of
-        the accepted path that sits right after the root in the batch keeps its KV; the rest is
-        re-decoded in front of the next batch, which keeps outputs bit-identical to plain
-        decoding on the CPU.
-        """
+        """Keep root + the accepted path in sequence 0 and drop every other tree node; accepted
+        nodes not right behind the root wait for the next batch (see the module docstring)."""
         n_past = len(self._tokens)
         if self._n_paths > 1:
             winner = 0
