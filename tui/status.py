@@ -37,8 +37,8 @@ def drafter_summary(by_source: dict[str, int]) -> str:
     if not by_source:
         return "none accepted"
     totals: dict[str, int] = {}
-    for source, count in by_source.items():  # "auto:recycling" -> "recycling"
-        name = source.rsplit(":", 1)[-1]
+    for source, count in by_source.items():  # "auto:recycling:2" -> "recycling"
+        name = [part for part in source.split(":") if not part.isdigit()][-1]
         totals[name] = totals.get(name, 0) + count
     ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
     return ", ".join(f"{name} {count}" for name, count in ranked)

@@ -135,13 +135,13 @@ class PolybasicDrafter:
             self.skipper.optimise(history)
         start = time.perf_counter()
         tree = self.free.propose(history, budget)  # cheap; its regime picks the estimates
-        regime = tree.source  # "auto:retrieval" or "auto:recycling", also kept for the budget
+        regime = tree.source.rsplit(":", 1)[0]  # "auto:retrieval" or "auto:recycling"
         chain = self.choose(regime)
         if chain == "skip":
             tree = self.skipper.propose(history, budget)
             source = self.skipper.name
         else:
-            source = regime
+            source = tree.source  # with the match length, for the budget
             if chain == "free+skip" and len(tree):
                 tree = self.refine(tree, int(history[-1]), budget)
         self._pending = (regime, chain, time.perf_counter() - start)

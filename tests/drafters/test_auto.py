@@ -15,7 +15,7 @@ def test_long_match_puts_the_retrieval_chain_first():
     history = np.array([1, 2, 3, 4, 5, 6, 9, 1, 2, 3, 4], np.int32)
     drafter.begin(history)
     tree = drafter.propose(history, 4)
-    assert tree.source == "auto:retrieval"
+    assert tree.source == "auto:retrieval:4"  # regime and match length, learnt apart
     assert tree.tokens[:2].tolist() == [5, 6]
 
 
@@ -23,7 +23,7 @@ def test_no_match_uses_recycling():
     drafter = AutoDrafter()
     history = np.array([1, 2, 3], np.int32)
     drafter.begin(history)
-    assert drafter.propose(history, 4).source == "auto:recycling"
+    assert drafter.propose(history, 4).source == "auto:recycling:0"
 
 
 def test_auto_is_lossless_and_accepts_on_loops(loopy_backend, tiny_backend):
