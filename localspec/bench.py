@@ -64,6 +64,23 @@ def load_prompts(path: str | Path) -> list[BenchPrompt]:
     return prompts
 
 
+def prime_drafters(engine: Engine, names: list[str]) -> int:
+    """Prime the recycling matrix of every named drafter that keeps one, as `localspec tune`
+    primes the saved one; the model is asked once and each drafter gets its own copy."""
+    from localspec.drafters import DRAFTERS
+    from localspec.drafters.persist import recycling_part
+    from localspec.drafters.priming import prime_recycling
+
+    parts = [part for part in (recycling_part(engine.drafter(n)) for n in names if n in DRAFTERS)
+             if part is not None]
+    if not parts:
+        return 0
+    primed = prime_recycling(engine.backend, parts[0])
+    for part in parts[1:]:
+        part.adj = parts[0].adj.copy()
+    return primed
+
+
 class Method(Protocol):
     name: str
 

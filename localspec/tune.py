@@ -3,8 +3,10 @@
 1. Memory: two calibration loads fit the compute scratch (cached), then a few checks at other
    context and tree settings compare the memory model's prediction with the measured peak RSS.
 2. Plan under the budget (none: what is free) with the memory model.
-3. Load the planned configuration; measure the verify cost curve (cached for the engine's budget)
-   and tokens per second of plain decoding and of each drafter on a short built-in prompt set.
+3. Load the planned configuration; measure the verify cost curve (cached for the engine's budget),
+   prime Token Recycling's matrix from the model (saved where `generate`, `serve` and `chat`
+   restore it), and measure tokens per second of plain decoding and of each drafter on a short
+   built-in prompt set.
 4. Write a profile with the planned settings and what was measured.
 """
 
@@ -29,6 +31,8 @@ TUNE_PROMPTS = (
     "<|im_start|>user\nRewrite: x = [] ; for a in b: x.append(a * 2)<|im_end|>\n<|im_start|>assistant\n",
 )
 TUNE_DRAFTERS = ("none", "auto", "recycling", "retrieval")
+
+PRIME_SECONDS = 120.0  # priming stops here; the tokens left out are the rarest ones
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -65,6 +69,7 @@ class TuneResult:
     checks: list[MemoryCheck] = field(default_factory=list)
     speeds: dict[str, SpeedResult] = field(default_factory=dict)
     profile_path: Path | None = None
+    primed_tokens: int = 0
 
     def speedups(self) -> dict[str, float]:
         base = self.speeds["none"].tokens_per_s if "none" in self.speeds else 0.0
@@ -92,6 +97,20 @@ def check_memory(model_path: Path, model: ModelMemory, scratch: ScratchModel, n_
                                   estimate(model, settings, nodes, drafter, scratch), run.peak_rss))
         progress("memory", i + 1, len(points))
     return checks
+
+
+def prime_learned_matrix(backend, model_path: Path, progress: Progress = _noop) -> int:
+    """Prime this model's saved recycling matrix where no run has taught it yet; tokens primed."""
+    from localspec.drafters.persist import restore_learned, save_learned
+    from localspec.drafters.priming import prime_recycling
+    from localspec.drafters.recycling import TokenRecyclingDrafter
+
+    matrix = TokenRecyclingDrafter(n_vocab=backend.n_vocab)
+    restore_learned(matrix, model_path, backend.n_vocab)
+    primed = prime_recycling(backend, matrix, PRIME_SECONDS,
+                             on_batch=lambda done, total: progress("prime", done, total))
+    save_learned(matrix, model_path)
+    return primed
 
 
 def measure_speed(engine, backend, prompts: tuple[str, ...], drafters: tuple[str, ...], max_tokens: int,
@@ -127,6 +146,8 @@ def tune(model_path: Path, budget: int | None, n_threads: int, budget_text: str 
          progress: Progress = _noop, device: DeviceInfo | None = None) -> TuneResult:
     from localspec.backends.llamacpp import LlamaCppBackend
     from localspec.budget import SpeculationBudget, cached_cost_curve
+    from localspec.drafters import Drafter, make_drafter
+    from localspec.drafters.persist import restore_learned
     from localspec.engine import Engine
 
     device = device or probe()
@@ -152,10 +173,18 @@ def tune(model_path: Path, budget: int | None, n_threads: int, budget_text: str 
         progress("cost curve", 0, 1)
         curve = cached_cost_curve(backend, model_path, device_key, n_threads, refresh=True)
         progress("cost curve", 1, 1)
-        engine = Engine(backend, budget=SpeculationBudget(curve, max_nodes=max(plan.tree_nodes, 1)))
+        primed = prime_learned_matrix(backend, model_path, progress)
+
+        def restored(name: str) -> Drafter:  # as `generate` starts them: from the saved matrix
+            drafter = make_drafter(name)
+            restore_learned(drafter, model_path, backend.n_vocab)
+            return drafter
+
+        engine = Engine(backend, budget=SpeculationBudget(curve, max_nodes=max(plan.tree_nodes, 1)),
+                        new_drafter=restored)
         speeds = measure_speed(engine, backend, prompts, drafters, max_tokens, plan.tree_nodes, progress)
 
-    result = TuneResult(model_path, device, scratch, plan, checks, speeds)
+    result = TuneResult(model_path, device, scratch, plan, checks, speeds, primed_tokens=primed)
     # re-plan with the measured speeds, so a tight budget trades the drafters that paid least here
     measured_speed = SpeedModel(curve=curve, speedups=result.speedups())
     result.plan = Planner(model, device, scratch, measured_speed, n_threads).plan(budget, base)

@@ -30,12 +30,15 @@ from localspec.settings import GenerationSettings, SamplingSettings
 @click.option("--draft-tokens", type=int, default=16, show_default=True,
               help="Most draft tokens a drafter may propose per step.")
 @click.option("--fixed-draft", is_flag=True, help="Verify every drafted token (no cost model).")
+@click.option("--prime", is_flag=True,
+              help="Prime Token Recycling's matrix from the model first, as `localspec tune` does "
+                   "(untimed); without it every drafter starts cold.")
 @click.option("--pld-tokens", type=int, default=10, show_default=True,
               help="num_pred_tokens for llama-cpp-python's prompt lookup (peer-pld).")
 @click.option("--limit", type=int, default=None, help="Use only the first N prompts.")
 @click.option("--json", "json_path", required=True, type=click.Path(), help="Where to write results.")
 def bench(opts: ModelOptions, prompts_path, methods,
-          max_tokens, temperature, seed, repeats, draft_tokens, fixed_draft, pld_tokens, limit,
+          max_tokens, temperature, seed, repeats, draft_tokens, fixed_draft, prime, pld_tokens, limit,
           json_path) -> None:
     """Measure methods against plain decoding and llama-cpp-python on a prompt set."""
     from pathlib import Path
@@ -65,6 +68,8 @@ def bench(opts: ModelOptions, prompts_path, methods,
     backend, engine = open_engine(choice.path, backend_config, use_budget=not fixed_draft,
                                   runtime=opts.runtime)
     with backend:
+        if prime:
+            note(f"primed the recycling matrix for {b.prime_drafters(engine, names)} tokens")
         runners = [b.PeerMethod(m, choice.path, backend.n_ctx, backend_config.n_threads,
                                 backend_config.n_gpu_layers, pld_tokens)
                    if m in b.PEER_METHODS else b.EngineMethod(m, engine)
@@ -81,6 +86,7 @@ def bench(opts: ModelOptions, prompts_path, methods,
     report = {"model": choice.path.name, "device": device,
               "settings": {"max_tokens": max_tokens, "temperature": temperature, "seed": seed,
                            "repeats": repeats, "draft_tokens": draft_tokens, "adaptive": not fixed_draft,
+                           "primed": prime,
                            "pld_tokens": pld_tokens, "n_ctx": backend.n_ctx,
                            "threads": backend_config.n_threads, "prompts": len(prompts)},
               **report, "summary": summary, "by_category": by_category}

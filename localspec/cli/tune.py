@@ -33,7 +33,8 @@ def tune(opts: ModelOptions, name, max_tokens) -> None:
         budget = parse_budget(opts.budget, device.gpu_free if device.kind != "cpu" else device.ram_available)
     console = Console(stderr=True)
     labels = {"calibrate": "memory calibration", "memory": "memory checks",
-              "cost curve": "verify cost curve", "speed": "speed and acceptance"}
+              "cost curve": "verify cost curve", "prime": "recycling matrix",
+              "speed": "speed and acceptance"}
     columns = (TextColumn("{task.description:<22}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bars:
         tasks: dict[str, int] = {}
@@ -54,6 +55,9 @@ def tune(opts: ModelOptions, name, max_tokens) -> None:
                + (f" of {format_bytes(budget)}" if budget else ""))
     if plan.traded:
         click.echo(f"traded: {', '.join(plan.traded)}")
+    if result.primed_tokens:
+        click.echo(f"recycling matrix: primed {result.primed_tokens} tokens from the model "
+                   "(restored by generate, serve and chat)")
     speeds = ", ".join(f"{d} {r.tokens_per_s:.1f} tok/s" for d, r in result.speeds.items())
     click.echo(f"speed: {speeds}")
     click.echo(f"measured speedup of {plan.drafter}: {result.speedup:.2f}x plain decoding")

@@ -148,19 +148,28 @@ class TokenRecyclingDrafter:
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
         """Overwrite the row of every verified token (root and all nodes) with its top-k successors."""
         rows = 1 + len(tree)
-        adj = self.adj if self.adj is not None else self._allocate(int(logits.shape[1]))
-        n_vocab, k = adj.shape
+        n_vocab = self.adj.shape[0] if self.adj is not None else int(logits.shape[1])
         if logits.shape[0] < rows or logits.shape[1] != n_vocab:
             raise ValueError(f"logits of shape {logits.shape} do not match {rows} rows x {n_vocab} tokens")
+        first = 0 if 0 <= self._root < n_vocab else 1
         row_tokens = np.concatenate([np.asarray([self._root], np.int32), tree.tokens])
-        have_root = 0 <= self._root < n_vocab
-        first = 0 if have_root else 1
-        for start in range(first, rows, OBSERVE_CHUNK_ROWS):  # a few chunks of rows, not tokens
-            block = logits[start:min(start + OBSERVE_CHUNK_ROWS, rows)]
+        self.learn(row_tokens[first:], logits[first:rows])
+        self._root = int(verdict.tokens[-1]) if verdict.tokens else -1  # the next pending token
+
+    def learn(self, tokens: np.ndarray, logits: np.ndarray) -> None:
+        """Overwrite the row of each token with the top-k of its logits row (one row per token)."""
+        adj = self.adj if self.adj is not None else self._allocate(int(logits.shape[1]))
+        n_vocab, k = adj.shape
+        for start in range(0, len(tokens), OBSERVE_CHUNK_ROWS):  # a few chunks of rows, not tokens
+            block = logits[start:min(start + OBSERVE_CHUNK_ROWS, len(tokens))]
             top = np.argpartition(block, n_vocab - k, axis=1)[:, n_vocab - k:]
             order = np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable")
-            adj[row_tokens[start:start + len(block)]] = np.take_along_axis(top, order, axis=1)
-        self._root = int(verdict.tokens[-1]) if verdict.tokens else -1  # the next pending token
+            adj[tokens[start:start + len(block)]] = np.take_along_axis(top, order, axis=1)
+
+    def unknown_tokens(self, n_vocab: int) -> np.ndarray:
+        """Tokens whose successors nothing has taught the matrix yet, lowest id first."""
+        adj = self.adj if self.adj is not None else self._allocate(n_vocab)
+        return np.flatnonzero(adj[:, 0] < 0)
 
     def save(self, path: str | Path) -> None:
         """Write the matrix (an .npz with `adj`; its shape is n_vocab x k)."""

@@ -63,6 +63,29 @@ def test_rates_are_learned_from_verdicts():
     assert budget.best_size("", 4) == 2
 
 
+def test_a_few_verifications_outweigh_the_prior():
+    budget = SpeculationBudget(CPU, explore_every=0)
+    for _ in range(3):
+        budget.observe(DraftTree.chain([1]), Verdict([0], [1, 2]), 0.0)
+    assert budget.stats[""].rates[0] >= 0.8  # a moving average from the prior 0.5 would be 0.64
+
+
+def test_slots_past_the_verified_ones_follow_their_decay():
+    gentle = CostCurve((1, 64), (0.010, 0.042))  # each extra row costs 5% of a step
+    budget = SpeculationBudget(gentle, explore_every=0)
+    for _ in range(20):  # a chain accepted whole, three nodes at a time
+        budget.observe(DraftTree.chain([1, 2, 3], "chain"), Verdict([0, 1, 2], [1, 2, 3, 4]), 0.0)
+    assert budget.stats["chain"].expected()[3:16].min() > 0.9
+    assert budget.best_size("chain", 16) == 16  # the tail, never verified, looks as good
+
+    guesses = DraftTree.chain([5, 6], "guess")  # the first node right 60% of the time, both 20%
+    for accepted in [[0, 1], [0], [], [0], []] * 4:
+        budget.observe(guesses, Verdict(accepted, [5, 6, 7][:len(accepted) + 1]), 0.0)
+    expected = budget.stats["guess"].expected()
+    assert expected[2] < 0.5 * expected[1] < 0.5 * expected[0]
+    assert budget.best_size("guess", 16) <= 3
+
+
 def test_curve_interpolates_and_extrapolates():
     curve = CostCurve((1, 4, 8), (1.0, 2.0, 4.0))
     np.testing.assert_allclose(curve.time([1, 2, 4, 6, 8, 10]), [1.0, 4 / 3, 2.0, 3.0, 4.0, 5.0])
