@@ -69,7 +69,8 @@ def verify_chain_sampled(tokens: list[int], q_at: Callable[[int], Distribution],
 
 @dataclass
 class ChainStats:
-    """Online estimates for one chain (exponential moving averages)."""
+    """Online estimates for one chain: the mean of its first runs, then moving averages (one
+    unlucky first run must not hide a good chain behind ever longer retry intervals)."""
 
     tokens: float = 2.0  # optimistic, so every chain gets tried
     nodes: float = 4.0
@@ -78,7 +79,7 @@ class ChainStats:
     alpha: float = 0.2
 
     def update(self, tokens: int, nodes: int, draft_seconds: float) -> None:
-        a = self.alpha if self.runs else 1.0
+        a = max(self.alpha, 1.0 / (self.runs + 1))
         self.tokens += a * (tokens - self.tokens)
         self.nodes += a * (nodes - self.nodes)
         self.draft_seconds += a * (draft_seconds - self.draft_seconds)
@@ -97,8 +98,9 @@ class PolybasicDrafter:
         self.explore_every = explore_every
         self.stats: dict[str, dict[str, ChainStats]] = {}  # regime -> chain -> estimates
         self._steps = 0
-        self._interval = dict.fromkeys(CHAINS, explore_every)  # steps until a chain is retried
-        self._next = dict.fromkeys(CHAINS, explore_every)
+        # regime -> chain -> steps between retries, and the step of the next retry
+        self._interval: dict[str, dict[str, int]] = {}
+        self._next: dict[str, dict[str, int]] = {}
         self._pending: tuple[str, str, float] | None = None  # regime, chain, drafting seconds
 
     def begin(self, prompt: np.ndarray) -> None:
@@ -114,17 +116,19 @@ class PolybasicDrafter:
         still slower, so exploring a chain that does not pay costs less and less."""
         usable = [c for c in CHAINS if c == "free" or self.skipper.skip is not None]
         stats = self.chain_stats(regime)
+        interval = self._interval.setdefault(regime, dict.fromkeys(CHAINS, self.explore_every))
+        next_retry = self._next.setdefault(regime, dict.fromkeys(CHAINS, self._steps + self.explore_every))
         self._steps += 1
         best = max(usable, key=lambda c: self.speed(stats[c]))
-        self._interval[best] = self.explore_every
-        self._next[best] = self._steps + self.explore_every
-        due = [c for c in usable if c != best and self.explore_every and self._steps >= self._next[c]]
+        interval[best] = self.explore_every
+        next_retry[best] = self._steps + self.explore_every
+        due = [c for c in usable if c != best and self.explore_every and self._steps >= next_retry[c]]
         if not due:
             return best
-        chain = min(due, key=lambda c: self._next[c])
+        chain = min(due, key=lambda c: next_retry[c])
         if stats[chain].runs >= MIN_RUNS:
-            self._interval[chain] = min(2 * self._interval[chain], MAX_EXPLORE_INTERVAL)
-        self._next[chain] = self._steps + self._interval[chain]
+            interval[chain] = min(2 * interval[chain], MAX_EXPLORE_INTERVAL)
+        next_retry[chain] = self._steps + interval[chain]
         return chain
 
     def speed(self, s: ChainStats) -> float:

@@ -68,6 +68,19 @@ def test_bench_end_to_end_writes_json_markdown_and_chart(loopy_model, tmp_path, 
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bench_can_prime_the_recycling_matrix_first(loopy_model, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "category": "code", "prompt": "def the x"}\n')
+    out = tmp_path / "bench.json"
+    code = main(["bench", "-m", str(loopy_model), "--prompts", str(prompts), "--methods",
+                 "recycling,auto", "-n", "24", "--threads", "1", "--prime", "--json", str(out)])
+    assert code == 0
+    assert "primed the recycling matrix for" in capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["settings"]["primed"] is True
+    assert report["summary"]["auto"]["identical_to_none"] == 1.0
+
+
 def test_bench_rejects_unknown_methods(loopy_model, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": "a", "prompt": "x"}\n')

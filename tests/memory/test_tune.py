@@ -6,6 +6,8 @@ import sys
 
 from localspec.cli import main
 from localspec.cli.common import ModelOptions, resolve_settings
+from localspec.drafters import make_drafter
+from localspec.drafters.persist import restore_learned
 from localspec.profiles import load_profile, user_profile_path
 from localspec.tune import tune
 
@@ -15,7 +17,7 @@ else:
     import tomli as tomllib
 
 
-def test_tune_writes_a_profile_that_generate_uses(capsys, tiny_model):
+def test_tune_writes_a_profile_that_generate_uses(capsys, tiny_model, tiny_backend):
     result = tune(tiny_model, budget=None, n_threads=1, name="tune-test", max_tokens=8,
                   prompts=("def the", "for x in self"), drafters=("none", "auto"),
                   check_points=[(256, 8, "auto")])
@@ -28,6 +30,9 @@ def test_tune_writes_a_profile_that_generate_uses(capsys, tiny_model):
     assert abs(result.checks[0].error) < 0.25
     profile = load_profile("tune-test")
     assert profile.sources == ("tuned",) and profile.settings["drafter"] == result.plan.drafter
+    saved = make_drafter("auto")  # the primed matrix waits where generate restores it
+    assert result.primed_tokens > 0 and restore_learned(saved, tiny_model, tiny_backend.n_vocab)
+    assert (saved.recycling.adj >= 0).all()
 
     opts = ModelOptions(model=str(tiny_model), n_ctx=None, n_batch=None, n_threads=1, n_gpu_layers=None,
                         kv_type=None, flash_attn=None, budget=None, profile="tune-test")

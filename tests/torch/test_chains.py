@@ -11,7 +11,12 @@ import pytest
 from localspec.backends.torch_model import SkipSet
 from localspec.budget import CostCurve
 from localspec.drafters.layerskip import LayerSkipDrafter, LayerSkipSettings, SkipSetSearch, chain_speed
-from localspec.drafters.polybasic import PolybasicDrafter, torch_drafter_factory, verify_chain_sampled
+from localspec.drafters.polybasic import (
+    ChainStats,
+    PolybasicDrafter,
+    torch_drafter_factory,
+    verify_chain_sampled,
+)
 from localspec.engine import Engine
 from localspec.generate import generate
 from localspec.sampling import Distribution
@@ -166,6 +171,28 @@ def test_polybasic_retries_a_slower_chain_less_and_less_but_never_stops(torch_ba
     poly.chain_stats("")["skip"].update(50, 6, 0.0)  # the skip chain turns out fastest: it runs
     assert poly.choose() == "skip"
     assert poly.choose("auto:retrieval") == "free"  # another regime keeps its own estimates
+
+
+def test_chain_estimates_average_their_first_runs():
+    stats = ChainStats()
+    for tokens in (1, 5, 5, 5):  # an unlucky first step, then the chain's usual yield
+        stats.update(tokens, 6, 0.0)
+    assert stats.tokens == pytest.approx(4.0)  # a moving average from the first run: 2.95
+
+
+def test_polybasic_retry_schedules_are_kept_per_regime(torch_backend):
+    poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST, explore_every=8)
+    poly.skipper.skip = SkipSet(frozenset(), frozenset({2}))
+    for regime, fast in (("auto:recycling", "free+skip"), ("auto:retrieval", "free")):
+        for chain in ("free", "skip", "free+skip"):
+            for _ in range(4):
+                poly.chain_stats(regime)[chain].update(5.0 if chain == fast else 1.5, 6, 0.0)
+    recycling, retrieval = [], []
+    for _ in range(2000):  # steps alternate between the regimes
+        recycling.append(poly.choose("auto:recycling"))
+        retrieval.append(poly.choose("auto:retrieval"))
+    assert recycling.count("free+skip") > 1950  # the best chain where it is best...
+    assert 2 <= retrieval.count("free+skip") <= 20  # ...retried less and less where it is not
 
 
 def test_polybasic_teaches_the_skipper_acceptance_by_depth_not_by_tree_size(torch_backend):
