@@ -23,13 +23,14 @@ def test_chat_settings_round_trip_and_fall_back_on_bad_values():
 
 def test_status_text_names_drafters_memory_and_context():
     stats = LiveStats(tokens=30, steps=12, tokens_per_s=123.4, mean_accepted=2.5,
-                      by_source={"auto:recycling": 4, "auto:retrieval": 9})
+                      by_source={"auto:recycling:0": 3, "auto:recycling:2": 1, "auto:retrieval:8": 9})
     info = StatusInfo(state="ready", stats=stats, memory=MemoryUse(300 << 20, 8 << 30, "budget"),
                       context_used=200, n_ctx=4096)
     assert info.text() == ("ready │ 123 tok/s │ 2.50 tok/step │ drafts: retrieval 9, recycling 4 │ "
                            "mem 300 MiB/8.0 GiB budget │ ctx 200/4096")
     assert StatusInfo(state="loading model").text() == "loading model"
     assert drafter_summary({}) == "none accepted"
+    assert drafter_summary({"retrieval:4": 5, "lookup:1": 2}) == "retrieval 5, lookup 2"  # not "4 5"
     assert human_bytes(512) == "512 B" and human_bytes(3 << 30) == "3.0 GiB"
 
 
