@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from localspec.drafters.base import without_match
 from tui.chatmodel import LiveStats
 
 
@@ -38,7 +39,7 @@ def drafter_summary(by_source: dict[str, int]) -> str:
         return "none accepted"
     totals: dict[str, int] = {}
     for source, count in by_source.items():  # "auto:recycling:2" -> "recycling"
-        name = [part for part in source.split(":") if not part.isdigit()][-1]
+        name = without_match(source).rsplit(":", 1)[-1]
         totals[name] = totals.get(name, 0) + count
     ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
     return ", ".join(f"{name} {count}" for name, count in ranked)

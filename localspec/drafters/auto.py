@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from localspec.drafters.base import with_match
 from localspec.drafters.recycling import TokenRecyclingDrafter
 from localspec.drafters.retrieval import SuffixAutomatonDrafter
 from localspec.tree import DraftTree
@@ -45,7 +46,7 @@ class AutoDrafter:
             ordered, regime = [retrieved, *extras, recycled], "retrieval"
         else:
             ordered, regime = [recycled, *extras, retrieved], "recycling"
-        source = f"auto:{regime}:{match_bucket(match)}"
+        source = with_match(f"auto:{regime}", match_bucket(match))
         return DraftTree.merge([t for t in ordered if len(t)], source).truncated(budget)
 
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:

@@ -13,6 +13,18 @@ from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
 
+def with_match(label: str, match_length: int) -> str:
+    """A draft's source naming the length of the context match it came from ("retrieval:4"):
+    the budget learns acceptance per source, and a long match's draft deserves more nodes."""
+    return f"{label}:{match_length}"
+
+
+def without_match(source: str) -> str:
+    """The source without its match length: "auto:recycling:2" -> "auto:recycling"."""
+    head, _, tail = source.rpartition(":")
+    return head if head and tail.isdigit() else source
+
+
 class Drafter(Protocol):
     name: str
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from localspec.drafters.base import with_match
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
@@ -32,7 +33,7 @@ class PromptLookupDrafter:
             hits = np.flatnonzero((windows == history[-n:]).all(axis=1))
             if hits.size:
                 start = int(hits[0]) + n
-                return DraftTree.chain(history[start:start + budget].tolist(), f"{self.name}:{n}")
+                return DraftTree.chain(history[start:start + budget].tolist(), with_match(self.name, n))
         return DraftTree.empty(self.name)
 
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:

@@ -31,6 +31,7 @@ from localspec.backends.torch_backend import TorchBackend
 from localspec.budget import CostCurve
 from localspec.drafters import Drafter, make_drafter
 from localspec.drafters.auto import AutoDrafter
+from localspec.drafters.base import without_match
 from localspec.drafters.layerskip import LayerSkipDrafter, LayerSkipSettings, draft_chain
 from localspec.errors import InvalidSettingsError
 from localspec.sampling import Distribution
@@ -69,14 +70,17 @@ def verify_chain_sampled(tokens: list[int], q_at: Callable[[int], Distribution],
 
 @dataclass
 class ChainStats:
-    """Online estimates for one chain: the mean of its first runs, then moving averages (one
-    unlucky first run must not hide a good chain behind ever longer retry intervals)."""
+    """Online estimates for one chain in one regime: the mean of its first runs, then moving
+    averages (one unlucky first run must not hide a good chain behind ever longer retry
+    intervals); and when the chain, while slower, is retried next."""
 
     tokens: float = 2.0  # optimistic, so every chain gets tried
     nodes: float = 4.0
     draft_seconds: float = 0.0
     runs: int = 0
     alpha: float = 0.2
+    interval: int = 0  # steps between retries
+    next_retry: int = 0  # the step of the next retry
 
     def update(self, tokens: int, nodes: int, draft_seconds: float) -> None:
         a = max(self.alpha, 1.0 / (self.runs + 1))
@@ -98,9 +102,6 @@ class PolybasicDrafter:
         self.explore_every = explore_every
         self.stats: dict[str, dict[str, ChainStats]] = {}  # regime -> chain -> estimates
         self._steps = 0
-        # regime -> chain -> steps between retries, and the step of the next retry
-        self._interval: dict[str, dict[str, int]] = {}
-        self._next: dict[str, dict[str, int]] = {}
         self._pending: tuple[str, str, float] | None = None  # regime, chain, drafting seconds
 
     def begin(self, prompt: np.ndarray) -> None:
@@ -108,7 +109,11 @@ class PolybasicDrafter:
         self.skipper.begin(prompt)
 
     def chain_stats(self, regime: str) -> dict[str, ChainStats]:
-        return self.stats.setdefault(regime, {c: ChainStats() for c in CHAINS})
+        if regime not in self.stats:
+            first_retry = self._steps + self.explore_every
+            self.stats[regime] = {c: ChainStats(interval=self.explore_every, next_retry=first_retry)
+                                  for c in CHAINS}
+        return self.stats[regime]
 
     def choose(self, regime: str = "") -> str:
         """The fastest chain by its estimates in this regime; a slower one is retried after its
@@ -116,19 +121,18 @@ class PolybasicDrafter:
         still slower, so exploring a chain that does not pay costs less and less."""
         usable = [c for c in CHAINS if c == "free" or self.skipper.skip is not None]
         stats = self.chain_stats(regime)
-        interval = self._interval.setdefault(regime, dict.fromkeys(CHAINS, self.explore_every))
-        next_retry = self._next.setdefault(regime, dict.fromkeys(CHAINS, self._steps + self.explore_every))
         self._steps += 1
         best = max(usable, key=lambda c: self.speed(stats[c]))
-        interval[best] = self.explore_every
-        next_retry[best] = self._steps + self.explore_every
-        due = [c for c in usable if c != best and self.explore_every and self._steps >= next_retry[c]]
+        stats[best].interval = self.explore_every
+        stats[best].next_retry = self._steps + self.explore_every
+        due = [c for c in usable if c != best and self.explore_every and self._steps >= stats[c].next_retry]
         if not due:
             return best
-        chain = min(due, key=lambda c: next_retry[c])
-        if stats[chain].runs >= MIN_RUNS:
-            interval[chain] = min(2 * interval[chain], MAX_EXPLORE_INTERVAL)
-        next_retry[chain] = self._steps + interval[chain]
+        chain = min(due, key=lambda c: stats[c].next_retry)
+        retried = stats[chain]
+        if retried.runs >= MIN_RUNS:
+            retried.interval = min(2 * retried.interval, MAX_EXPLORE_INTERVAL)
+        retried.next_retry = self._steps + retried.interval
         return chain
 
     def speed(self, s: ChainStats) -> float:
@@ -139,7 +143,7 @@ class PolybasicDrafter:
             self.skipper.optimise(history)
         start = time.perf_counter()
         tree = self.free.propose(history, budget)  # cheap; its regime picks the estimates
-        regime = tree.source.rsplit(":", 1)[0]  # "auto:retrieval" or "auto:recycling"
+        regime = without_match(tree.source)  # "auto:retrieval" or "auto:recycling"
         chain = self.choose(regime)
         if chain == "skip":
             tree = self.skipper.propose(history, budget)

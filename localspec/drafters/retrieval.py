@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from localspec.drafters.base import with_match
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
@@ -161,8 +162,7 @@ class SuffixAutomatonDrafter:
         n_draft = min(budget, self.max_draft, 1 + 4 * self.match_length)
         if self.match_length == 0 or n_draft <= 0:
             return DraftTree.empty(self.name)
-        # the source names the match length (4 = 4 or more): the budget learns each apart
-        source = f"{self.name}:{min(self.match_length, 4)}"
+        source = with_match(self.name, min(self.match_length, 4))  # 4 = 4 or more
         return DraftTree.chain(self.automaton.continuation(n_draft, self.cyclic).tolist(), source)
 
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
