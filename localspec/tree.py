@@ -90,6 +90,16 @@ class DraftTree:
             node = int(self.parents[node])
         return path[::-1]
 
+    def prefix_depth(self, tokens: Sequence[int]) -> int:
+        """How many leading `tokens` are a path of this tree from the root."""
+        node = -1
+        for depth, token in enumerate(tokens):
+            match = np.flatnonzero((self.parents == node) & (self.tokens == token))
+            if not match.size:
+                return depth
+            node = int(match[0])
+        return len(tokens)
+
     def depth_first_order(self) -> np.ndarray:
         """Node indices in pre-order, children in proposal order: the first path comes first."""
         children: list[list[int]] = [[] for _ in range(len(self) + 1)]  # slot 0 = the root

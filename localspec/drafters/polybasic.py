@@ -10,9 +10,11 @@ Which chain runs comes from measured cost and acceptance, as in the budget: for 
 online estimate of tokens per step, drafting seconds and verified nodes, kept per regime of the
 model-free tree (a long retrieval match yields far more tokens than a recycling tree, so their
 steps are not averaged together); its speed is tokens over (drafting + t(nodes + 1)) from the
-backend's cost curve, and the fastest runs (each is retried now and then). This is the seed
-paper's stage-insertion rule measured rather than derived: inserting the skipped model pays iff
-it raises tokens per second.
+backend's cost curve, and the fastest runs (each is retried now and then). The refined tree
+contains the model-free one, so each of its verdicts also says what the model-free chain alone
+would have yielded, and that chain's estimate keeps learning while the other runs: a few noisy
+steps cannot keep the slower chain in place. This is the seed paper's stage-insertion rule
+measured rather than derived: inserting the skipped model pays iff it raises tokens per second.
 
 Every stage is lossless for its verifier: the full model applies the engine's exact greedy or
 sampling rule to whatever it is given, and `verify_chain_sampled` is the exact rule for drafts
@@ -77,17 +79,23 @@ class ChainStats:
     tokens: float = 2.0  # optimistic, so every chain gets tried
     nodes: float = 4.0
     draft_seconds: float = 0.0
-    runs: int = 0
+    runs: int = 0  # steps the chain ran
+    yields: int = 0  # steps whose yield it learnt: its runs, and others' runs that showed it
     alpha: float = 0.2
     interval: int = 0  # steps between retries
     next_retry: int = 0  # the step of the next retry
 
     def update(self, tokens: int, nodes: int, draft_seconds: float) -> None:
         a = max(self.alpha, 1.0 / (self.runs + 1))
-        self.tokens += a * (tokens - self.tokens)
         self.nodes += a * (nodes - self.nodes)
         self.draft_seconds += a * (draft_seconds - self.draft_seconds)
         self.runs += 1
+        self.update_tokens(tokens)
+
+    def update_tokens(self, tokens: int) -> None:
+        """Learn a step's yield; alone, for a step the chain did not run (its costs stay)."""
+        self.tokens += max(self.alpha, 1.0 / (self.yields + 1)) * (tokens - self.tokens)
+        self.yields += 1
 
 
 class PolybasicDrafter:
@@ -101,8 +109,9 @@ class PolybasicDrafter:
         self.skipper = LayerSkipDrafter(backend, curve, settings)
         self.explore_every = explore_every
         self.stats: dict[str, dict[str, ChainStats]] = {}  # regime -> chain -> estimates
-        self._steps = 0
-        self._pending: tuple[str, str, float] | None = None  # regime, chain, drafting seconds
+        self.regime_steps: dict[str, int] = {}  # the clock of each regime's retry schedules
+        # regime, chain, drafting seconds, and the model-free tree inside a refined one
+        self._pending: tuple[str, str, float, DraftTree | None] | None = None
 
     def begin(self, prompt: np.ndarray) -> None:
         self.free.begin(prompt)
@@ -110,29 +119,32 @@ class PolybasicDrafter:
 
     def chain_stats(self, regime: str) -> dict[str, ChainStats]:
         if regime not in self.stats:
-            first_retry = self._steps + self.explore_every
-            self.stats[regime] = {c: ChainStats(interval=self.explore_every, next_retry=first_retry)
+            self.stats[regime] = {c: ChainStats(interval=self.explore_every, next_retry=self.explore_every)
                                   for c in CHAINS}
+            self.regime_steps[regime] = 0
         return self.stats[regime]
 
     def choose(self, regime: str = "") -> str:
         """The fastest chain by its estimates in this regime; a slower one is retried after its
         interval, which doubles (up to MAX_EXPLORE_INTERVAL steps) each time it is retried and
-        still slower, so exploring a chain that does not pay costs less and less."""
+        still slower, so exploring a chain that does not pay costs less and less. Intervals
+        count the regime's own steps: a regime met one step in ten would otherwise retry its
+        losers ten times as often, per step of its own, as the regime met all the time."""
         usable = [c for c in CHAINS if c == "free" or self.skipper.skip is not None]
         stats = self.chain_stats(regime)
-        self._steps += 1
+        self.regime_steps[regime] += 1
+        now = self.regime_steps[regime]
         best = max(usable, key=lambda c: self.speed(stats[c]))
         stats[best].interval = self.explore_every
-        stats[best].next_retry = self._steps + self.explore_every
-        due = [c for c in usable if c != best and self.explore_every and self._steps >= stats[c].next_retry]
+        stats[best].next_retry = now + self.explore_every
+        due = [c for c in usable if c != best and self.explore_every and now >= stats[c].next_retry]
         if not due:
             return best
         chain = min(due, key=lambda c: stats[c].next_retry)
         retried = stats[chain]
         if retried.runs >= MIN_RUNS:
             retried.interval = min(2 * retried.interval, MAX_EXPLORE_INTERVAL)
-        retried.next_retry = self._steps + retried.interval
+        retried.next_retry = now + retried.interval
         return chain
 
     def speed(self, s: ChainStats) -> float:
@@ -145,14 +157,15 @@ class PolybasicDrafter:
         tree = self.free.propose(history, budget)  # cheap; its regime picks the estimates
         regime = without_match(tree.source)  # "auto:retrieval" or "auto:recycling"
         chain = self.choose(regime)
+        free_tree = None
         if chain == "skip":
             tree = self.skipper.propose(history, budget)
             source = self.skipper.name
         else:
             source = tree.source  # with the match length, for the budget
             if chain == "free+skip" and len(tree):
-                tree = self.refine(tree, int(history[-1]), budget)
-        self._pending = (regime, chain, time.perf_counter() - start)
+                free_tree, tree = tree, self.refine(tree, int(history[-1]), budget)
+        self._pending = (regime, chain, time.perf_counter() - start, free_tree)
         return DraftTree(tree.tokens, tree.parents, f"{self.name}:{chain}:{source}")
 
     def refine(self, tree: DraftTree, root: int, budget: int) -> DraftTree:
@@ -181,9 +194,12 @@ class PolybasicDrafter:
         self.free.observe(tree, logits, verdict)
         if self._pending is None:
             return
-        regime, chain, seconds = self._pending
+        regime, chain, seconds, free_tree = self._pending
         self._pending = None
-        self.chain_stats(regime)[chain].update(verdict.n_accepted + 1, len(tree), seconds)
+        stats = self.chain_stats(regime)
+        stats[chain].update(verdict.n_accepted + 1, len(tree), seconds)
+        if free_tree is not None:  # greedy: exactly the free chain's yield; sampling: an estimate
+            stats["free"].update_tokens(free_tree.prefix_depth(tree.tokens[verdict.accepted]) + 1)
         if chain == "skip":
             self.skipper.record(tree, verdict)
 

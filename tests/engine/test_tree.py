@@ -65,3 +65,12 @@ def test_depth_first_order_puts_the_first_path_first():
     assert tree.tokens[tree.depth_first_order()].tolist() == [1, 2, 3, 4, 5, 6]
     bfs = DraftTree(np.array([1, 5, 2, 4, 6, 3], np.int32), np.array([-1, -1, 0, 0, 1, 2], np.int32))
     assert bfs.tokens[bfs.depth_first_order()].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_prefix_depth_counts_the_leading_tokens_that_are_a_path_of_the_tree():
+    tree = DraftTree.from_paths([[1, 2, 3], [1, 4], [5, 6]])
+    assert tree.prefix_depth([1, 4, 9]) == 2
+    assert tree.prefix_depth([1, 2, 3, 7]) == 3
+    assert tree.prefix_depth([5, 2]) == 1  # 2 hangs under 1, not under 5
+    assert tree.prefix_depth([9]) == 0
+    assert tree.prefix_depth([]) == 0

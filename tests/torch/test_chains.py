@@ -195,13 +195,49 @@ def test_polybasic_retry_schedules_are_kept_per_regime(torch_backend):
     assert 2 <= retrieval.count("free+skip") <= 20  # ...retried less and less where it is not
 
 
+def test_polybasic_retry_intervals_count_the_regimes_own_steps(torch_backend):
+    poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST, explore_every=8)
+    poly.skipper.skip = SkipSet(frozenset(), frozenset({2}))
+    for regime in ("auto:recycling", "auto:retrieval"):
+        for chain, tokens in (("free", 5.0), ("skip", 1.5), ("free+skip", 1.5)):
+            for _ in range(4):
+                poly.chain_stats(regime)[chain].update(tokens, 6, 0.0)
+    rare = []
+    for step in range(4000):  # the retrieval regime comes one step in ten
+        poly.choose("auto:recycling")
+        if step % 10 == 0:
+            rare.append(poly.choose("auto:retrieval"))
+    retries = [i for i, c in enumerate(rare) if c != "free"]
+    # by its own 400 steps: two losers, each retried after 8, 16, 32, 64, 128, 256 steps at most;
+    # counted in all 4,400 steps of the drafter it was retried 26 times
+    assert 2 <= len(retries) <= 12
+    assert retries[0] >= 7  # not before its first interval of its own steps has passed
+
+
+def test_a_refined_tree_verdict_also_teaches_the_model_free_chain_its_yield(torch_backend):
+    from localspec.tree import DraftTree
+    from localspec.verify import Verdict
+
+    poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST)
+    free_tree = DraftTree.chain([5, 6, 7], "auto:retrieval:8")
+    refined = DraftTree.merge([DraftTree.chain([5, 6, 8, 9]), free_tree])  # 5 6 8 9, then 7 under 6
+    stats = poly.chain_stats("auto:retrieval")
+    for _ in range(6):
+        poly._pending = ("auto:retrieval", "free+skip", 0.02, free_tree)
+        poly.observe(refined, np.zeros((len(refined) + 1, torch_backend.n_vocab), np.float32),
+                     Verdict([0, 1, 2, 3], [5, 6, 8, 9, 11]))
+    assert stats["free+skip"].tokens == pytest.approx(5.0)
+    assert stats["free"].tokens == pytest.approx(3.0)  # 5 6 on its own path, then the bonus
+    assert stats["free"].yields == 6 and stats["free"].runs == 0  # costs are learnt by running
+
+
 def test_polybasic_teaches_the_skipper_acceptance_by_depth_not_by_tree_size(torch_backend):
     from localspec.tree import DraftTree
     from localspec.verify import Verdict
 
     poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST)
     tree = DraftTree(np.array([5, 6, 7], np.int32), np.array([-1, -1, 0], np.int32), "layerskip")  # depth 2
-    poly._pending = ("auto:recycling", "skip", 0.01)
+    poly._pending = ("auto:recycling", "skip", 0.01, None)
     poly.observe(tree, np.zeros((4, torch_backend.n_vocab), np.float32), Verdict([0, 2], [5, 7, 9]))
     prior, rates = poly.skipper.depth.prior, poly.skipper.depth.rates
     assert rates[0] > prior and rates[1] > prior  # both depths accepted
