@@ -198,8 +198,9 @@ class PolybasicDrafter:
         self._pending = None
         stats = self.chain_stats(regime)
         stats[chain].update(verdict.n_accepted + 1, len(tree), seconds)
-        if free_tree is not None:  # the accepted path's prefix inside the model-free tree: its
-            # yield alone when greedy and untrimmed, an estimate when sampling or trimmed
+        if free_tree is not None:
+            # the accepted path's prefix inside the model-free tree, plus the bonus: that tree's
+            # yield alone when greedy and uncut by the budget, an estimate otherwise
             stats["free"].update_tokens(free_tree.prefix_depth(tree.tokens[verdict.accepted]) + 1)
         if chain == "skip":
             self.skipper.record(tree, verdict)
