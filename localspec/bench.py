@@ -77,7 +77,7 @@ def prime_drafters(engine: Engine, names: list[str]) -> int:
         return 0
     primed = prime_recycling(engine.backend, parts[0])
     for part in parts[1:]:
-        part.adj = parts[0].adj.copy()
+        part.adopt(parts[0])
     return primed
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from localspec.errors import LocalspecError
+from localspec.sampling import GumbelNoise
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
@@ -233,7 +234,7 @@ class DatastoreDrafter:
         self.datastore = datastore
         self.max_nodes = max_nodes
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def begin(self, prompt: np.ndarray, noise: GumbelNoise | None = None) -> None:
         pass
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:

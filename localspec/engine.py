@@ -6,6 +6,7 @@ cache, the drafter only proposes trees and learns from verdicts, the verifier on
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,10 +17,10 @@ from localspec.backends.base import Backend
 from localspec.budget import SpeculationBudget
 from localspec.drafters import Drafter, make_drafter
 from localspec.errors import ContextOverflowError, InvalidSettingsError
-from localspec.sampling import greedy_token, make_distribution
+from localspec.sampling import GumbelNoise, greedy_token, make_distribution
 from localspec.settings import GenerationSettings, SamplingSettings
 from localspec.tree import DraftTree
-from localspec.verify import Coin, RandomCoin, Verdict, verify_greedy, verify_sampling
+from localspec.verify import Verdict, verify_greedy, verify_walk
 
 
 @dataclass(frozen=True)
@@ -48,21 +49,29 @@ def fit_tree(tree: DraftTree, max_nodes: int, max_paths: int) -> DraftTree:
     return tree
 
 
+def sampling_noise(sampling: SamplingSettings) -> GumbelNoise | None:
+    """The request's sampler noise (None when greedy); without a seed, a fresh one."""
+    if sampling.greedy:
+        return None
+    return GumbelNoise(secrets.randbits(63) if sampling.seed is None else sampling.seed, sampling.temperature)
+
+
 def judge(tree: DraftTree, logits: np.ndarray, history: np.ndarray, sampling: SamplingSettings,
-          coin: Coin) -> Verdict:
-    """Apply the lossless rule that fits the sampling settings. `history` ends with the root."""
+          noise: GumbelNoise | None) -> Verdict:
+    """Apply the lossless rule that fits the sampling settings (`noise` is None when greedy).
+    `history` ends with the root, so row 0 predicts position len(history), a node at depth d
+    position len(history) + d."""
     if sampling.greedy and not sampling.has_penalties:
         return verify_greedy(tree, logits.argmax(axis=1))
 
-    def context(row: int) -> np.ndarray:  # tokens before the position row `row` predicts
-        if row == 0:
-            return history
-        return np.concatenate([history, tree.tokens[tree.path_to(row - 1)]])
+    def target(row: int) -> int:
+        drafted = tree.tokens[tree.path_to(row - 1)] if row else tree.tokens[:0]  # the path to row
+        context = np.concatenate([history, drafted]) if sampling.has_penalties else history
+        if noise is None:
+            return greedy_token(logits[row], context, sampling)
+        return noise.sample(make_distribution(logits[row], context, sampling), len(history) + len(drafted))
 
-    if sampling.greedy:
-        targets = np.array([greedy_token(logits[r], context(r), sampling) for r in range(len(logits))])
-        return verify_greedy(tree, targets)
-    return verify_sampling(tree, lambda r: make_distribution(logits[r], context(r), sampling), coin)
+    return verify_walk(tree, target)
 
 
 class Engine:
@@ -98,8 +107,7 @@ class Engine:
         self.backend.prefill(list(prompt[reused:-1]))
         return reused
 
-    def steps(self, prompt: Sequence[int], settings: GenerationSettings,
-              coin: Coin | None = None) -> Iterator[Step]:
+    def steps(self, prompt: Sequence[int], settings: GenerationSettings) -> Iterator[Step]:
         """Yield verified steps until max_tokens are produced or the context is full.
 
         The consumer decides about end-of-generation tokens and stop strings and may stop early;
@@ -108,12 +116,12 @@ class Engine:
         self.prefill(prompt)
         backend = self.backend
         drafter = self.drafter(settings.drafter)
-        coin = coin or RandomCoin(np.random.default_rng(settings.sampling.seed))
+        noise = sampling_noise(settings.sampling)
 
         history = np.zeros(backend.n_ctx + 1, np.int32)
         n_hist = len(prompt)
         history[:n_hist] = prompt
-        drafter.begin(history[:n_hist].copy())
+        drafter.begin(history[:n_hist].copy(), noise)
         root = int(prompt[-1])
         produced = 0
         while produced < settings.max_tokens:
@@ -130,7 +138,7 @@ class Engine:
                 if self.budget is not None:
                     tree = self.budget.trim(tree, extra_rows=len(backend.tokens) - backend.n_cached)
             logits = backend.verify(root, tree)
-            verdict = judge(tree, logits, history[:n_hist], settings.sampling, coin)
+            verdict = judge(tree, logits, history[:n_hist], settings.sampling, noise)
             drafter.observe(tree, logits, verdict)
             backend.commit(root, tree, verdict.accepted)
             if self.budget is not None:

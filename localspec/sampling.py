@@ -1,7 +1,13 @@
-"""Turn one row of logits into the distribution the next token is drawn from.
+"""Turn one row of logits into the distribution the next token is drawn from, and draw it.
 
 Order (as Hugging Face applies its warpers): penalties -> temperature -> top-k -> top-p -> min-p.
 Everything is vectorised over the vocabulary; a distribution keeps only its candidate tokens.
+
+The draw is the Gumbel-max trick with noise fixed in advance for every (seed, position, token):
+the token at a position is argmax(log p + g), an exact sample of p whose randomness does not
+depend on anything drafted or on how the text was cut into verify steps. So with a seed,
+speculative sampling emits the very text plain sampling does, and a drafter that knows the
+noise can guess the sampled token rather than only the likeliest one.
 """
 
 from __future__ import annotations
@@ -42,6 +48,48 @@ class Distribution:
         out = np.zeros(n_vocab)
         out[self.ids] = self.probs
         return out
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MUL1, _MUL2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every output bit depends on every input bit."""
+    z = (z ^ (z >> np.uint64(30))) * _MUL1
+    z = (z ^ (z >> np.uint64(27))) * _MUL2
+    return z ^ (z >> np.uint64(31))
+
+
+@dataclass(frozen=True)
+class GumbelNoise:
+    """The sampler's randomness: one standard Gumbel per (position, token), hashed from a seed.
+
+    Positions index the token history (the prompt's first token is 0). Drafters read it too:
+    a guess scored by logits / temperature + noise is the guess the sampler would make.
+    """
+
+    seed: int
+    temperature: float
+
+    def gumbel(self, position: int | np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Noise for `ids` at `position` (broadcast together), float64."""
+        with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as the hash intends
+            key = _mix64(np.asarray(self.seed % 2**64, np.uint64) + _GOLDEN)
+            key = _mix64(key ^ (np.asarray(position, np.int64).astype(np.uint64) * _GOLDEN))
+            bits = _mix64(key + np.asarray(ids, np.int64).astype(np.uint64) * _MUL1)
+        uniform = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53  # in (0, 1)
+        return -np.log(-np.log(uniform))
+
+    def sample(self, dist: Distribution, position: int) -> int:
+        """The token drawn from `dist` at `position`: argmax(log p + g), distributed exactly as p."""
+        with np.errstate(divide="ignore"):  # a probability that underflowed to 0 never wins
+            scores = np.log(dist.probs) + self.gumbel(position, dist.ids)
+        return int(dist.ids[np.argmax(scores)])
+
+    def perturbed(self, logits: np.ndarray, position: int | np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Scores whose argmax over `ids` is the sampler's choice if `logits` are the model's."""
+        return logits / self.temperature + self.gumbel(position, ids)
 
 
 def penalty_window(history: np.ndarray, settings: SamplingSettings) -> np.ndarray:

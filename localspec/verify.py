@@ -1,18 +1,16 @@
 """Lossless tree verification: which draft nodes the target accepts, plus one bonus token.
 
-Both rules are pure functions of the tree, the target's view of each row, and (for sampling)
-a source of randomness. Row 0 is the root (pending token); node i is row i + 1.
+Both rules are pure functions of the tree and the target's choice after each row. Row 0 is the
+root (pending token); node i is row i + 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
-from localspec.sampling import Distribution
 from localspec.tree import DraftTree
 
 
@@ -48,48 +46,23 @@ def verify_greedy(tree: DraftTree, targets: np.ndarray) -> Verdict:
     return Verdict(path, tree.tokens[path].tolist() + [int(targets[best + 1])])
 
 
-class Coin(Protocol):
-    """The randomness a sampling verifier uses; swapped for an enumerator in exactness tests."""
+def verify_walk(tree: DraftTree, target_at: Callable[[int], int]) -> Verdict:
+    """Walk down from the root: at each row the target picks a token; follow the child that
+    drafted it (the first, if siblings repeat), else stop with it as the bonus token.
 
-    def accept(self, probability: float) -> bool: ...
-
-    def draw(self, dist: Distribution) -> int: ...
-
-
-class RandomCoin:
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
-
-    def accept(self, probability: float) -> bool:
-        return bool(self.rng.random() < probability)
-
-    def draw(self, dist: Distribution) -> int:
-        return dist.sample(self.rng)
-
-
-def verify_sampling(tree: DraftTree, dist_at: Callable[[int], Distribution], coin: Coin) -> Verdict:
-    """Walk down from the root trying children in order (SpecInfer's rule with a point-mass draft).
-
-    At a node with target p, child c is accepted with probability p(c); on rejection p(c) is set
-    to 0 and p renormalised before the next child. If every child is rejected, the bonus token is
-    drawn from what is left of p; after a leaf it is drawn from the leaf's p. The emitted tokens
-    are therefore distributed exactly as sampling from the target one token at a time.
-    `dist_at(row)` gives p at a row (0 = root, node i = i + 1); only visited rows are asked for.
+    `target_at(row)` is the target's token after a row (0 = root, node i = i + 1): its sampled
+    token, or its argmax under penalties that depend on the path. Only rows on the path are asked
+    for. Each emitted token is the one the target would have chosen decoding one token at a time,
+    so the rule is exact whenever the choice at a position does not depend on the draft, as the
+    sampler's position-keyed noise guarantees.
     """
     accepted: list[int] = []
     node = -1
-    p = dist_at(0)
     while True:
-        for child in tree.children(node).tolist():
-            token = int(tree.tokens[child])
-            p_token = p.prob(token)
-            if p_token > 0.0 and coin.accept(p_token):
-                accepted.append(child)
-                node = child
-                p = dist_at(child + 1)
-                break
-            if p_token > 0.0:
-                p = p.without(token)
-        else:
-            bonus = coin.draw(p)
-            return Verdict(accepted, tree.tokens[accepted].tolist() + [bonus])
+        token = target_at(node + 1)
+        children = tree.children(node)
+        hit = children[tree.tokens[children] == token]
+        if hit.size == 0:
+            return Verdict(accepted, tree.tokens[accepted].tolist() + [token])
+        node = int(hit[0])
+        accepted.append(node)

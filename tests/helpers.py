@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
 
+from localspec.sampling import Distribution, GumbelNoise
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
@@ -19,7 +21,7 @@ class ScriptedDrafter:
         self.make_tree = make_tree
         self.verdicts: list[Verdict] = []
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def begin(self, prompt: np.ndarray, noise: GumbelNoise | None = None) -> None:
         pass
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
@@ -87,3 +89,47 @@ class FakeBackend:
 
     def close(self) -> None:
         pass
+
+
+class EnumeratingCoin:
+    """Replays a fixed prefix of decisions, then takes the first branch, recording alternatives.
+
+    Driving a verifier to exhaustion gives the exact probability of every output.
+    """
+
+    def __init__(self, script: list[int]) -> None:
+        self.script = script
+        self.position = 0
+        self.weight = 1.0
+        self.choices: list[tuple[int, list[float]]] = []  # (choice taken, option weights)
+
+    def _decide(self, weights: list[float]) -> int:
+        if self.position < len(self.script):
+            choice = self.script[self.position]
+        else:
+            choice = next(i for i, w in enumerate(weights) if w > 0)
+        self.choices.append((choice, weights))
+        self.position += 1
+        self.weight *= weights[choice]
+        return choice
+
+    def accept(self, probability: float) -> bool:
+        return self._decide([probability, 1.0 - probability]) == 0
+
+    def draw(self, dist: Distribution) -> int:
+        return int(dist.ids[self._decide(dist.probs.tolist())])
+
+
+def enumerate_outputs(run) -> dict[tuple[int, ...], float]:
+    outputs: dict[tuple[int, ...], float] = defaultdict(float)
+    stack: list[list[int]] = [[]]
+    while stack:
+        coin = EnumeratingCoin(stack.pop())
+        tokens = run(coin)
+        if coin.weight > 0:
+            outputs[tuple(tokens)] += coin.weight
+        for depth in range(len(coin.script), len(coin.choices)):  # branch at every new decision
+            taken, weights = coin.choices[depth]
+            prefix = [c for c, _ in coin.choices[:depth]]
+            stack.extend(prefix + [alt] for alt, w in enumerate(weights) if alt != taken and w > 0)
+    return outputs

@@ -14,6 +14,7 @@ import numpy as np
 from localspec.drafters.base import with_match
 from localspec.drafters.recycling import TokenRecyclingDrafter
 from localspec.drafters.retrieval import SuffixAutomatonDrafter
+from localspec.sampling import GumbelNoise
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
@@ -33,9 +34,9 @@ class AutoDrafter:
         self.recycling = TokenRecyclingDrafter()
         self.extra = list(extra or [])  # e.g. a DatastoreDrafter from `--index`
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def begin(self, prompt: np.ndarray, noise: GumbelNoise | None = None) -> None:
         for drafter in (self.retrieval, self.recycling, *self.extra):
-            drafter.begin(prompt)
+            drafter.begin(prompt, noise)
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
         retrieved = self.retrieval.propose(history, budget)

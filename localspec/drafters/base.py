@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from localspec.sampling import GumbelNoise
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
@@ -28,8 +29,10 @@ def without_match(source: str) -> str:
 class Drafter(Protocol):
     name: str
 
-    def begin(self, prompt: np.ndarray) -> None:
-        """A new request starts; `prompt` is every token before generation."""
+    def begin(self, prompt: np.ndarray, noise: GumbelNoise | None = None) -> None:
+        """A new request starts; `prompt` is every token before generation. `noise` is the
+        sampler's (None when greedy): with it a drafter can guess the token that will be sampled
+        at each position, not only the likeliest one."""
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
         """At most `budget` nodes continuing `history` (prompt + generated, pending token last)."""
@@ -43,7 +46,7 @@ class NoDrafter:
 
     name = "none"
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def begin(self, prompt: np.ndarray, noise: GumbelNoise | None = None) -> None:
         pass
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
@@ -61,9 +64,9 @@ class FusedDrafter:
         self.name = name
         self.parts = parts
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def begin(self, prompt: np.ndarray, noise: GumbelNoise | None = None) -> None:
         for part in self.parts:
-            part.begin(prompt)
+            part.begin(prompt, noise)
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
         trees = [t for t in (part.propose(history, budget) for part in self.parts) if len(t)]

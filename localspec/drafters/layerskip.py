@@ -29,6 +29,7 @@ from localspec.backends.torch_backend import TorchBackend, chain_parents
 from localspec.backends.torch_model import SkipSet
 from localspec.budget import CostCurve, model_fingerprint
 from localspec.paths import cache_dir
+from localspec.sampling import GumbelNoise
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
@@ -278,7 +279,7 @@ class LayerSkipDrafter:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def begin(self, prompt: np.ndarray, noise: GumbelNoise | None = None) -> None:
         task = self.fixed_task or self.task_type(prompt)
         if task != self.task or self.skip is None:
             self.task = task

@@ -40,7 +40,7 @@ def restore_learned(drafter: Drafter, model_path: str | Path, n_vocab: int) -> b
         fresh.load(path)
     except (OSError, ValueError, KeyError):
         return False
-    part.adj = fresh.adj
+    part.adopt(fresh)
     return True
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -36,13 +37,21 @@ from localspec.drafters.auto import AutoDrafter
 from localspec.drafters.base import without_match
 from localspec.drafters.layerskip import LayerSkipDrafter, LayerSkipSettings, draft_chain
 from localspec.errors import InvalidSettingsError
-from localspec.sampling import Distribution
+from localspec.sampling import Distribution, GumbelNoise
 from localspec.tree import DraftTree
-from localspec.verify import Coin, Verdict, verify_greedy
+from localspec.verify import Verdict, verify_greedy
 
 CHAINS = ("free", "skip", "free+skip")
 MIN_RUNS = 4  # runs before a chain's estimate is trusted enough to retry it less often
 MAX_EXPLORE_INTERVAL = 512
+
+
+class Coin(Protocol):
+    """The randomness of a real-q verifier; tests swap in an enumerator of every outcome."""
+
+    def accept(self, probability: float) -> bool: ...
+
+    def draw(self, dist: Distribution) -> int: ...
 
 
 def residual(p: Distribution, q: Distribution) -> Distribution:
@@ -113,9 +122,9 @@ class PolybasicDrafter:
         # regime, chain, drafting seconds, and the model-free tree inside a refined one
         self._pending: tuple[str, str, float, DraftTree | None] | None = None
 
-    def begin(self, prompt: np.ndarray) -> None:
-        self.free.begin(prompt)
-        self.skipper.begin(prompt)
+    def begin(self, prompt: np.ndarray, noise: GumbelNoise | None = None) -> None:
+        self.free.begin(prompt, noise)
+        self.skipper.begin(prompt, noise)
 
     def chain_stats(self, regime: str) -> dict[str, ChainStats]:
         if regime not in self.stats:

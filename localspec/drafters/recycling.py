@@ -7,6 +7,12 @@ template of rank paths from the root: node (0, 1) is the root's rank-0 successor
 token's rank-1 successor. Drafting is one numpy gather per tree level; learning is one top-k
 over the verified rows. The matrix persists across requests (and, with save/load, on disk).
 
+Each successor's logit is kept beside it (float16). When sampling, the engine's sampler draws
+argmax(logits / T + Gumbel noise) with noise fixed per position, and the drafter knows that
+noise: it orders each node's successors by their kept logit / T plus the noise at the node's
+position, so its first guess is the token the sampler would pick if the kept logits were the
+model's, rather than the one the model likes most.
+
 Unknown entries are -1, not 0 as in the paper: a never-seen token drafts nothing below it, so a
 cold matrix proposes small trees instead of trees full of token 0 that only cost verify rows.
 """
@@ -19,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from localspec.sampling import GumbelNoise
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
@@ -94,7 +101,9 @@ class TokenRecyclingDrafter:
             template = [p for p in rank_template() if max(p) < k]
         self.template = RankTemplate(template, k)
         self.adj: np.ndarray | None = None  # int32 [n_vocab, k], -1 = unknown
+        self.logit: np.ndarray | None = None  # float16 [n_vocab, k], each successor's logit
         self._root = -1  # the token whose logits are row 0 of the next verify batch
+        self._noise: GumbelNoise | None = None
         if n_vocab is not None:
             self._allocate(n_vocab)
 
@@ -105,17 +114,24 @@ class TokenRecyclingDrafter:
 
     @property
     def nbytes(self) -> int:
-        return 0 if self.adj is None else int(self.adj.nbytes)
+        return 0 if self.adj is None else int(self.adj.nbytes + self.logit.nbytes)
 
     def _allocate(self, n_vocab: int) -> np.ndarray:
         if n_vocab < self.k:
             raise ValueError(f"k={self.k} is larger than the vocabulary ({n_vocab})")
         self.adj = np.full((n_vocab, self.k), -1, np.int32)
+        self.logit = np.zeros((n_vocab, self.k), np.float16)
         return self.adj
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def adopt(self, other: TokenRecyclingDrafter) -> None:
+        """Take a copy of what another drafter (a loaded or primed one) has learnt."""
+        self.adj = None if other.adj is None else other.adj.copy()
+        self.logit = None if other.logit is None else other.logit.copy()
+
+    def begin(self, prompt: np.ndarray, noise: GumbelNoise | None = None) -> None:
         """Keep what was learnt; seed rank 0 of still-unknown tokens with their prompt successor."""
         self._root = int(prompt[-1]) if len(prompt) else -1
+        self._noise = noise
         if self.adj is None or len(prompt) < 2:
             return
         prev, nxt = np.asarray(prompt[:-1]), np.asarray(prompt[1:])
@@ -131,12 +147,14 @@ class TokenRecyclingDrafter:
         t = self.template
         toks = np.full(n + 1, -1, np.int32)  # toks[0] = root, toks[i + 1] = node i
         toks[0] = self._root
-        for level in t.levels:
+        for depth, level in enumerate(t.levels, 1):
             nodes = level[:np.searchsorted(level, n)]
             if nodes.size == 0:
                 break
-            above = toks[t.parents[nodes] + 1]
-            toks[nodes + 1] = np.where(above >= 0, self.adj[np.maximum(above, 0), t.ranks[nodes]], -1)
+            above = np.maximum(toks[t.parents[nodes] + 1], 0)
+            successors = self.ranked(above, len(history) - 1 + depth)
+            picked = successors[np.arange(nodes.size), t.ranks[nodes]]
+            toks[nodes + 1] = np.where(toks[t.parents[nodes] + 1] >= 0, picked, -1)
         keep = toks[1:] >= 0  # a node under an unknown token is unknown too
         if keep.all():
             return DraftTree(toks[1:], t.parents[:n].copy(), self.name)
@@ -144,6 +162,17 @@ class TokenRecyclingDrafter:
         parents = t.parents[:n][keep]
         parents = np.where(parents >= 0, new_index[np.maximum(parents, 0)], -1).astype(np.int32)
         return DraftTree(toks[1:][keep], parents, self.name)
+
+    def ranked(self, tokens: np.ndarray, position: int) -> np.ndarray:
+        """The successors of each token, best guess first, for the token at `position`: by the
+        model's ranking when greedy, by kept logit / T + the sampler's noise when sampling."""
+        successors = self.adj[tokens]
+        if self._noise is None:
+            return successors
+        scores = self._noise.perturbed(self.logit[tokens].astype(np.float64), position,
+                                       np.maximum(successors, 0))
+        order = np.argsort(np.where(successors >= 0, -scores, np.inf), axis=1, kind="stable")
+        return np.take_along_axis(successors, order, axis=1)
 
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
         """Overwrite the row of every verified token (root and all nodes) with its top-k successors."""
@@ -163,8 +192,11 @@ class TokenRecyclingDrafter:
         for start in range(0, len(tokens), OBSERVE_CHUNK_ROWS):  # a few chunks of rows, not tokens
             block = logits[start:min(start + OBSERVE_CHUNK_ROWS, len(tokens))]
             top = np.argpartition(block, n_vocab - k, axis=1)[:, n_vocab - k:]
-            order = np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable")
-            adj[tokens[start:start + len(block)]] = np.take_along_axis(top, order, axis=1)
+            values = np.take_along_axis(block, top, axis=1)
+            order = np.argsort(-values, axis=1, kind="stable")
+            rows = tokens[start:start + len(block)]
+            adj[rows] = np.take_along_axis(top, order, axis=1)
+            self.logit[rows] = np.take_along_axis(values, order, axis=1)
 
     def unknown_tokens(self, n_vocab: int) -> np.ndarray:
         """Tokens whose successors nothing has taught the matrix yet, lowest id first."""
@@ -172,20 +204,25 @@ class TokenRecyclingDrafter:
         return np.flatnonzero(adj[:, 0] < 0)
 
     def save(self, path: str | Path) -> None:
-        """Write the matrix (an .npz with `adj`; its shape is n_vocab x k)."""
+        """Write the matrix (an .npz with `adj` and `logit`, both n_vocab x k)."""
         if self.adj is None:
             raise ValueError("nothing learnt yet: the matrix is not allocated")
         with open(path, "wb") as f:
-            np.savez(f, adj=self.adj, version=np.int32(1))
+            np.savez(f, adj=self.adj, logit=self.logit, version=np.int32(2))
 
     def load(self, path: str | Path) -> None:
         """Replace the matrix with a saved one of the same n_vocab and k."""
         with np.load(path, allow_pickle=False) as data:
             adj = np.asarray(data["adj"], np.int32)
+            # version 1 kept no logits: a falling one per rank keeps the model's order
+            logit = (np.asarray(data["logit"], np.float16) if "logit" in data
+                     else np.broadcast_to(-np.arange(adj.shape[-1], dtype=np.float16), adj.shape).copy())
         if adj.ndim != 2 or adj.shape[1] != self.k:
             raise ValueError(f"saved matrix has shape {adj.shape}, expected [n_vocab, {self.k}]")
         if self.adj is not None and adj.shape != self.adj.shape:
             raise ValueError(f"saved matrix has shape {adj.shape}, expected {self.adj.shape}")
         if np.any((adj < -1) | (adj >= adj.shape[0])):
             raise ValueError("saved matrix holds token ids outside the vocabulary")
-        self.adj = adj
+        if logit.shape != adj.shape:
+            raise ValueError(f"saved logits have shape {logit.shape}, expected {adj.shape}")
+        self.adj, self.logit = adj, logit

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from localspec.drafters.base import with_match
+from localspec.sampling import GumbelNoise
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
@@ -144,7 +145,7 @@ class SuffixAutomatonDrafter:
     def match_length(self) -> int:
         return self.automaton.match_length
 
-    def begin(self, prompt: np.ndarray) -> None:
+    def begin(self, prompt: np.ndarray, noise: GumbelNoise | None = None) -> None:
         self.update(prompt)
 
     def update(self, history: np.ndarray) -> None:

@@ -15,6 +15,7 @@ from tests.conftest import build_model
 def learnt(n_vocab: int, rng) -> TokenRecyclingDrafter:
     drafter = TokenRecyclingDrafter(n_vocab=n_vocab)
     drafter.adj[:] = rng.integers(0, n_vocab, drafter.adj.shape)
+    drafter.logit[:] = rng.standard_normal(drafter.adj.shape)
     return drafter
 
 
@@ -32,6 +33,7 @@ def test_save_then_restore_into_a_fresh_auto_drafter(tiny_model, rng):
     target = make_drafter("auto")
     assert restore_learned(target, tiny_model, n_vocab=300)
     np.testing.assert_array_equal(target.recycling.adj, source.adj)
+    np.testing.assert_array_equal(target.recycling.logit, source.logit)
 
 
 def test_nothing_learnt_writes_nothing(tiny_model):

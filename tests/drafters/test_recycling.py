@@ -8,6 +8,7 @@ import pytest
 from localspec.drafters.recycling import PAPER_LEVEL_COUNTS, TokenRecyclingDrafter, rank_template
 from localspec.engine import Engine
 from localspec.generate import generate
+from localspec.sampling import Distribution, GumbelNoise
 from localspec.settings import GenerationSettings
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
@@ -59,6 +60,7 @@ def test_observe_overwrites_each_rows_token_with_its_top_k_in_descending_order(r
     drafter.observe(tree, logits, Verdict([0], [7, 12]))
     for row, token in enumerate([3, 7, 9, 11]):
         assert drafter.adj[token].tolist() == top_k(logits[row], K)
+        np.testing.assert_array_equal(drafter.logit[token], np.sort(logits[row])[::-1][:K].astype(np.float16))
     untouched = np.setdiff1d(np.arange(V), [3, 7, 9, 11])
     assert np.array_equal(drafter.adj[untouched], before[untouched])
     # the next root is the bonus token, even when no proposal comes in between
@@ -184,12 +186,72 @@ def test_matrix_persists_across_requests_and_fits_in_2_mb(rng, tmp_path):
     other = TokenRecyclingDrafter(V)
     other.load(path)
     assert other.adj is not None and np.array_equal(other.adj, learnt)
+    np.testing.assert_array_equal(other.logit, drafter.logit)
     with pytest.raises(ValueError):
         TokenRecyclingDrafter(V + 1).load(path)
 
     big = TokenRecyclingDrafter(32000)
     assert big.adj is not None and big.adj.dtype == np.int32
     assert big.nbytes <= 2 * 1024 * 1024
+
+
+def test_a_matrix_saved_without_logits_loads_with_the_models_ranking_kept(rng, tmp_path):
+    drafter = filled_drafter(rng)
+    path = tmp_path / "v1.npz"
+    np.savez(path, adj=drafter.adj, version=np.int32(1))
+    other = TokenRecyclingDrafter(V)
+    other.load(path)
+    np.testing.assert_array_equal(other.adj, drafter.adj)
+    assert (np.diff(other.logit.astype(np.float64), axis=1) < 0).all()
+
+
+def noise_walk(drafter: TokenRecyclingDrafter, root: int, n: int, noise: GumbelNoise,
+               first_position: int) -> list[int]:
+    """The tokens of the first n template paths, each rank read from the successors ordered by
+    kept logit / T + the noise at the node's position (slow and obvious)."""
+    tokens = []
+    for path in drafter.template.paths[:n]:
+        token = root
+        for depth, rank in enumerate(path):
+            ids = drafter.adj[token]
+            scores = [float(drafter.logit[token, j]) / noise.temperature
+                      + float(noise.gumbel(first_position + depth, np.array([ids[j]]))[0]) for j in range(K)]
+            token = int(ids[sorted(range(K), key=lambda j: -scores[j])[rank]])
+        tokens.append(token)
+    return tokens
+
+
+def test_when_sampling_each_nodes_successors_are_ordered_by_kept_logit_plus_noise(rng):
+    drafter = filled_drafter(rng)
+    drafter.logit[:] = rng.standard_normal((V, K)).astype(np.float16)
+    history = np.array([4, 9, 2, 5])
+    noise = GumbelNoise(3, 0.7)
+    drafter.begin(history, noise)
+    tree = drafter.propose(history, 40)
+    assert tree.tokens.tolist() == noise_walk(drafter, 5, 40, noise, first_position=len(history))
+    drafter.begin(history)  # greedy again: the model's ranking
+    greedy = drafter.propose(history, 40)
+    assert greedy.tokens.tolist() == walk(drafter, 5, 40)[0] != tree.tokens.tolist()
+
+
+def test_with_the_models_own_logits_the_first_guess_is_the_sampled_token_whenever_it_is_kept(rng):
+    """A bigram 'model': the next token's logits depend only on the last token. With its rows
+    learnt exactly, the noise-aware first guess is right exactly when the sampled token is among
+    the k kept successors; the likeliest successor is right far less often."""
+    model = 1.5 * rng.standard_normal((V, V))
+    drafter = TokenRecyclingDrafter(V)
+    drafter.learn(np.arange(V), model)
+    noise = GumbelNoise(11, 1.0)
+    drafter.begin(np.array([0]), noise)
+    lasts = rng.integers(0, V, 3000)
+    positions = np.arange(3000)
+    probs = np.exp(model) / np.exp(model).sum(axis=1, keepdims=True)
+    pairs = list(zip(lasts, positions, strict=True))
+    sampled = np.array([noise.sample(Distribution(np.arange(V), probs[t]), p) for t, p in pairs])
+    guessed = np.array([drafter.ranked(np.array([t]), p)[0, 0] for t, p in pairs])
+    kept = np.array([s in drafter.adj[t] for s, t in zip(sampled, lasts, strict=True)])
+    assert np.array_equal(guessed == sampled, kept)
+    assert (guessed == sampled).mean() > (drafter.adj[lasts, 0] == sampled).mean() + 0.15
 
 
 PROMPTS = ["def f(self):\n    return", "for x in self: print(x)\n", "import the"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 from scipy.stats import chi2_contingency
 
 from localspec.engine import Engine
@@ -51,3 +52,29 @@ def test_first_tokens_are_distributed_as_plain_sampling(tiny_backend):
     expected = {int(t): float(q) * RUNS for t, q in zip(p.ids, p.probs, strict=False)}
     for token, count in first_s.items():
         assert abs(count - expected[token]) < 5 * np.sqrt(expected[token]) + 5
+
+
+@pytest.mark.parametrize("drafter", ["recycling", "retrieval", "auto", "lookup"])
+@pytest.mark.parametrize("penalty", [1.0, 1.15])
+def test_a_seeded_sampled_output_is_the_plain_sampled_output(loopy_backend, drafter, penalty):
+    """The sampler's noise is fixed per position, so speculation changes how fast, not what."""
+    engine = Engine(loopy_backend)
+    prompt = loopy_backend.tokenize("one two three one two three one two")
+    accepted = 0
+    for seed in range(4):
+        def settings(name: str, seed: int = seed) -> GenerationSettings:
+            sampling = SamplingSettings(temperature=0.8, top_p=0.95, repeat_penalty=penalty, seed=seed)
+            return GenerationSettings(max_tokens=48, drafter=name, max_draft_tokens=8, sampling=sampling)
+
+        plain = generate(engine, prompt, settings("none"))
+        spec = generate(engine, prompt, settings(drafter))
+        assert spec.tokens == plain.tokens
+        accepted += spec.stats.accepted_tokens
+    assert accepted > 0  # drafts were verified, and some sampled tokens came from them
+
+
+def test_without_a_seed_each_request_samples_afresh(loopy_backend):
+    engine = Engine(loopy_backend)
+    prompt = loopy_backend.tokenize("one two three")
+    settings = GenerationSettings(max_tokens=24, drafter="auto", sampling=SamplingSettings(temperature=1.0))
+    assert len({tuple(generate(engine, prompt, settings).tokens) for _ in range(4)}) > 1

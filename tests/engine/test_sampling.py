@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.special import softmax
+from scipy.stats import chisquare
 
 from localspec.errors import InvalidSettingsError
-from localspec.sampling import Distribution, apply_penalties, make_distribution
+from localspec.sampling import Distribution, GumbelNoise, apply_penalties, make_distribution
 from localspec.settings import SamplingSettings
 
 
@@ -87,3 +88,32 @@ def test_without_renormalises():
 def test_invalid_sampling_values_are_rejected(kwargs):
     with pytest.raises(InvalidSettingsError):
         SamplingSettings(**kwargs)
+
+
+def test_gumbel_sampling_draws_exactly_from_the_distribution():
+    """Across seeds at one position, and across positions with one seed."""
+    dist = Distribution(np.array([3, 7, 9, 20]), np.array([0.5, 0.3, 0.15, 0.05]))
+    n = 8000
+    for draws in ([GumbelNoise(seed, 1.0).sample(dist, 11) for seed in range(n)],
+                  [GumbelNoise(5, 1.0).sample(dist, position) for position in range(n)]):
+        counts = [draws.count(int(t)) for t in dist.ids]
+        assert sum(counts) == n
+        assert chisquare(counts, dist.probs * n).pvalue > 1e-3
+
+
+def test_noise_depends_on_seed_position_and_token_only():
+    ids = np.arange(5000)
+    noise = GumbelNoise(7, 0.5)
+    values = noise.gumbel(12, ids)
+    np.testing.assert_array_equal(noise.gumbel(12, ids[::-1]), values[::-1])
+    np.testing.assert_array_equal(GumbelNoise(7, 1.0).gumbel(12, ids), values)  # not the temperature
+    assert not np.allclose(noise.gumbel(13, ids), values)
+    assert not np.allclose(GumbelNoise(8, 0.5).gumbel(12, ids), values)
+    assert abs(np.corrcoef(noise.gumbel(13, ids), values)[0, 1]) < 0.05
+    assert values.mean() == pytest.approx(np.euler_gamma, abs=0.05)  # a standard Gumbel
+    assert values.std() == pytest.approx(np.pi / np.sqrt(6), abs=0.05)
+    pair = np.array([1, 2])
+    grid = noise.gumbel(np.array([[3], [4]]), np.stack([pair, pair]))
+    np.testing.assert_array_equal(grid, [noise.gumbel(3, pair), noise.gumbel(4, pair)])
+    np.testing.assert_allclose(noise.perturbed(np.array([1.0, -1.0]), 3, pair),
+                               np.array([2.0, -2.0]) + noise.gumbel(3, pair))

@@ -22,7 +22,7 @@ from localspec.generate import generate
 from localspec.sampling import Distribution
 from localspec.settings import GenerationSettings, SamplingSettings
 from tests.engine.test_lossless_sampling import contingency_p_value
-from tests.engine.test_verify import enumerate_outputs
+from tests.helpers import enumerate_outputs
 
 CURVE = CostCurve((1, 4, 16, 64), (0.010, 0.011, 0.013, 0.030))
 FAST = LayerSkipSettings(min_window=4, window=16, max_evals=6)
