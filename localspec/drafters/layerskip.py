@@ -184,10 +184,23 @@ class SkipSetStore:
         tmp.replace(self.path)
 
 
+def guesses(logits: torch.Tensor, positions: np.ndarray | list[int], noise: GumbelNoise | None,
+            k: int = 1) -> torch.Tensor:
+    """The k best guesses [rows, k] at each row's `positions` (the token after the row): the top k
+    logits when greedy; when sampling, the top k of logits / T + the sampler's noise there, so
+    that the first guess is the token the sampler will draw if the full model agrees."""
+    if noise is None:
+        return logits.topk(k, dim=-1).indices
+    gumbel = noise.gumbel(np.asarray(positions)[:, None], np.arange(logits.shape[-1])[None, :])
+    scores = logits.float() / noise.temperature + torch.from_numpy(gumbel).to(logits.device, torch.float32)
+    return scores.topk(k, dim=-1).indices
+
+
 def draft_chain(backend: TorchBackend, skip: SkipSet, n_past: int, token: int, position: int, slot: int,
-                visible: list[int], length: int, confidence: float) -> list[int]:
+                visible: list[int], length: int, confidence: float,
+                noise: GumbelNoise | None = None) -> list[int]:
     """Feed `token` (at rope `position`, cache `slot`) to the skipped model and keep drafting its
-    argmax while top-1 probability >= confidence. Each step sees the committed prefix
+    guess while the guess's probability >= confidence. Each step sees the committed prefix
     [0, n_past), the `visible` slots and the chain's own slots."""
     out: list[int] = []
     seen = list(visible)
@@ -196,18 +209,18 @@ def draft_chain(backend: TorchBackend, skip: SkipSet, n_past: int, token: int, p
         mask = torch.zeros(1, slot + 1, dtype=torch.bool, device=backend.model.device)
         mask[0, :n_past] = True
         mask[0, seen] = True
-        probs = torch.softmax(backend.run([token], [position], [slot], mask, skip)[0], dim=-1)
-        top, nxt = probs.max(dim=-1)
-        if float(top) < confidence:
+        logits = backend.run([token], [position], [slot], mask, skip)
+        nxt = int(guesses(logits, [position + 1], noise)[0, 0])
+        if float(torch.softmax(logits[0], dim=-1)[nxt]) < confidence:
             break
-        token = int(nxt)
+        token = nxt
         out.append(token)
         position, slot = position + 1, slot + 1
     return out
 
 
 def draft_tree(backend: TorchBackend, skip: SkipSet, root: int, depth: int, max_nodes: int, width: int,
-               beam: int, stop: float) -> DraftTree:
+               beam: int, stop: float, noise: GumbelNoise | None = None) -> DraftTree:
     """A dynamic draft tree from the skipped model, one batched forward per level (on CPU in bf16
     and on GPUs a forward of a few rows costs what one row costs). Each level keeps the `beam`
     children (top `width` per frontier node) of highest path probability; drafting stops when
@@ -225,9 +238,10 @@ def draft_tree(backend: TorchBackend, skip: SkipSet, root: int, depth: int, max_
         mask[:, :n_past] = True
         for row, node in enumerate(frontier):
             mask[row, sees[node]] = True
-        logp = torch.log_softmax(backend.run(feed, [n_past + level] * len(feed), slots, mask, skip), -1)
-        top_lp, top_ids = logp.topk(width, dim=-1)
-        base = torch.tensor([path_logp[n] if n >= 0 else 0.0 for n in frontier], device=logp.device)
+        logits = backend.run(feed, [n_past + level] * len(feed), slots, mask, skip)
+        top_ids = guesses(logits, [n_past + level + 1] * len(feed), noise, width)
+        top_lp = torch.log_softmax(logits, -1).gather(-1, top_ids)
+        base = torch.tensor([path_logp[n] if n >= 0 else 0.0 for n in frontier], device=logits.device)
         cand = (base[:, None] + top_lp).flatten()
         order = cand.argsort(descending=True)[: min(beam, max_nodes - len(tokens))].tolist()
         if not order or math.exp(float(cand[order[0]])) < stop:
@@ -273,6 +287,7 @@ class LayerSkipDrafter:
         self.score = 0.0
         self.settled = False
         self.depth = DepthStats(prior=0.7)
+        self.noise: GumbelNoise | None = None  # the sampler's, for this request
         self._n_prompt = 0
         self.evals = 0  # counters, reported by whoever wants them
         self.search_seconds = 0.0
@@ -292,6 +307,7 @@ class LayerSkipDrafter:
             else:
                 self.skip, self.score, self.settled = None, 0.0, False
         self._n_prompt = len(prompt)
+        self.noise = noise
 
     def task_type(self, prompt: np.ndarray) -> str:
         """'chat' when the prompt holds control tokens (a chat template), else 'text'."""
@@ -314,7 +330,7 @@ class LayerSkipDrafter:
         s = self.settings
         start = time.perf_counter()
         tree = draft_tree(self.backend, self.skip, int(history[-1]), max(length, 1), budget, s.width,
-                          s.beam, s.confidence if s.width == 1 else s.tree_stop)
+                          s.beam, s.confidence if s.width == 1 else s.tree_stop, self.noise)
         if len(tree):
             seconds = (time.perf_counter() - start) / int(tree.depths.max())
             self.level_seconds = seconds if self.level_seconds is None else \

@@ -35,7 +35,7 @@ from localspec.budget import CostCurve
 from localspec.drafters import Drafter, make_drafter
 from localspec.drafters.auto import AutoDrafter
 from localspec.drafters.base import without_match
-from localspec.drafters.layerskip import LayerSkipDrafter, LayerSkipSettings, draft_chain
+from localspec.drafters.layerskip import LayerSkipDrafter, LayerSkipSettings, draft_chain, guesses
 from localspec.errors import InvalidSettingsError
 from localspec.sampling import Distribution, GumbelNoise
 from localspec.tree import DraftTree
@@ -178,24 +178,27 @@ class PolybasicDrafter:
         return DraftTree(tree.tokens, tree.parents, f"{self.name}:{chain}:{source}")
 
     def refine(self, tree: DraftTree, root: int, budget: int) -> DraftTree:
-        """The skipped model verifies `tree` greedily in one forward and extends the path it
-        accepts; the extended chain goes first, then the rest of the tree."""
+        """The skipped model verifies `tree` in one forward (by its guesses: its argmax, or when
+        sampling the token the sampler's noise picks) and extends the path it accepts; the
+        extended chain goes first, then the rest of the tree."""
         backend, skip, s = self.backend, self.skipper.skip, self.skipper.settings
         n_past = len(backend.tokens)
         tokens = np.concatenate([[root], tree.tokens])
         parents = np.concatenate([[-1], tree.parents + 1])
         depths = np.concatenate([[1], tree.depths + 1])
         logits = backend.run_tree(n_past, tokens, parents, depths, n_past, skip)
-        top, argmax = (t.cpu().numpy() for t in logits.softmax(-1).max(-1))
-        verdict = verify_greedy(tree, argmax)
+        guess = guesses(logits, n_past + depths, self.skipper.noise)  # row r predicts n_past + depths[r]
+        top = logits.softmax(-1).gather(-1, guess)[:, 0].cpu().numpy()
+        guess = guess[:, 0].cpu().numpy()
+        verdict = verify_greedy(tree, guess)
         path, row = verdict.accepted, (verdict.accepted[-1] + 1 if verdict.accepted else 0)
         chain = tree.tokens[path].tolist()
         room = min(budget, s.max_draft + len(path)) - len(chain)
         if top[row] >= s.confidence and room > 0:
-            bonus = int(argmax[row])
+            bonus = int(guess[row])
             visible = [n_past] + [n_past + 1 + a for a in path]
             more = draft_chain(backend, skip, n_past, bonus, n_past + len(path) + 1, n_past + len(tokens),
-                               visible, room - 1, s.confidence)
+                               visible, room - 1, s.confidence, self.skipper.noise)
             chain += [bonus, *more]
         return DraftTree.merge([DraftTree.chain(chain), tree]).truncated(budget)
 

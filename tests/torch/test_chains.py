@@ -7,10 +7,17 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from localspec.backends.torch_model import SkipSet
 from localspec.budget import CostCurve
-from localspec.drafters.layerskip import LayerSkipDrafter, LayerSkipSettings, SkipSetSearch, chain_speed
+from localspec.drafters.layerskip import (
+    LayerSkipDrafter,
+    LayerSkipSettings,
+    SkipSetSearch,
+    chain_speed,
+    guesses,
+)
 from localspec.drafters.polybasic import (
     ChainStats,
     PolybasicDrafter,
@@ -19,7 +26,7 @@ from localspec.drafters.polybasic import (
 )
 from localspec.engine import Engine
 from localspec.generate import generate
-from localspec.sampling import Distribution
+from localspec.sampling import Distribution, GumbelNoise
 from localspec.settings import GenerationSettings, SamplingSettings
 from tests.engine.test_lossless_sampling import contingency_p_value
 from tests.helpers import enumerate_outputs
@@ -242,3 +249,45 @@ def test_polybasic_teaches_the_skipper_acceptance_by_depth_not_by_tree_size(torc
     prior, rates = poly.skipper.depth.prior, poly.skipper.depth.rates
     assert rates[0] > prior and rates[1] > prior  # both depths accepted
     assert rates[2] == prior  # depth 3 was never drafted: no false rejection recorded
+
+
+def test_guesses_are_the_top_logits_or_with_noise_the_samplers_picks(torch_backend):
+    logits = torch.from_numpy(np.random.default_rng(3).standard_normal((3, torch_backend.n_vocab))).float()
+    assert guesses(logits, [7, 8, 9], None, 2).tolist() == logits.topk(2, dim=-1).indices.tolist()
+    noise = GumbelNoise(5, 0.7)
+    ids = np.arange(torch_backend.n_vocab)
+    for row, position in enumerate([7, 8, 9]):
+        scores = logits[row].numpy().astype(np.float64) / 0.7 + noise.gumbel(position, ids)
+        assert guesses(logits, [7, 8, 9], noise, 2)[row].tolist() == np.argsort(-scores)[:2].tolist()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_skipped_model_that_is_the_model_has_every_drafted_token_accepted(torch_backend, temperature):
+    """With nothing skipped the draft model is the target, so its guesses, made with the sampler's
+    noise when sampling, are what the target picks: every drafted token is accepted."""
+    settings = LayerSkipSettings(width=1, confidence=0.0, max_draft=4, probe_every=0)  # always drafts
+    engine = Engine(torch_backend, new_drafter=torch_drafter_factory(torch_backend, CURVE, settings))
+    skipper: LayerSkipDrafter = engine.drafter("layerskip")
+    skipper.skip, skipper.settled = SkipSet(frozenset(), frozenset()), True
+    skipper.depth.rates[:] = 0.99
+    prompt = np.random.default_rng(8).integers(0, torch_backend.n_vocab, 12).tolist()
+    sampling = SamplingSettings(temperature=temperature, seed=3)
+    plain = generate(engine, prompt, GenerationSettings(max_tokens=24, drafter="none", sampling=sampling))
+    spec = generate(engine, prompt, GenerationSettings(max_tokens=24, drafter="layerskip",
+                                                       max_draft_tokens=4, sampling=sampling))
+    assert spec.tokens == plain.tokens
+    assert spec.stats.draft_tokens >= 12 and spec.stats.accepted_tokens == spec.stats.draft_tokens
+
+
+@pytest.mark.parametrize("drafter", ["layerskip", "polybasic"])
+def test_seeded_sampled_output_equals_plain_decoding(engine, torch_backend, drafter):
+    poly: PolybasicDrafter = engine.drafter("polybasic")
+    for skipper in (engine.drafter("layerskip"), poly.skipper):
+        skipper.skip, skipper.settled = SkipSet(frozenset(), frozenset({2})), True
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6]
+    for seed in range(3):
+        sampling = SamplingSettings(temperature=0.9, top_p=0.9, seed=seed)
+        plain = generate(engine, prompt, GenerationSettings(max_tokens=24, drafter="none", sampling=sampling))
+        spec = generate(engine, prompt, GenerationSettings(max_tokens=24, drafter=drafter,
+                                                           max_draft_tokens=8, sampling=sampling))
+        assert spec.tokens == plain.tokens
