@@ -118,17 +118,20 @@ def test_logit_bias_forces_and_bans_tokens(server, tiny_backend):
     assert banned.choices[0].text != first
 
 
-def test_sampling_with_a_seed_repeats_without_speculation(server):
-    """With drafts the random stream is consumed per tree node, and the drafters learn between
-    requests, so a seed repeats exactly only when speculation is off."""
+def test_sampling_with_a_seed_repeats_with_or_without_speculation(server):
+    """The sampler's randomness is fixed per (seed, position), so neither the drafts nor what the
+    drafters learnt between requests change a seeded text."""
     client = server.client()
     kwargs = {"model": "tiny", "prompt": "for", "max_tokens": 16, "temperature": 0.9, "top_p": 0.95,
               "seed": 7, "presence_penalty": 0.5, "frequency_penalty": 0.2}
-    extra = {"top_k": 40, "min_p": 0.01, "speculation": False}
-    first = client.completions.create(**kwargs, extra_body=extra)
-    second = client.completions.create(**kwargs, extra_body=extra)
-    assert first.choices[0].text == second.choices[0].text
+    plain = {"top_k": 40, "min_p": 0.01, "speculation": False}
+    first = client.completions.create(**kwargs, extra_body=plain)
+    texts = [client.completions.create(**kwargs, extra_body={**plain, "speculation": spec}).choices[0].text
+             for spec in (False, True, {"drafter": "recycling", "max_draft_tokens": 8}, True)]
+    assert texts == [first.choices[0].text] * 4
     assert first.usage.completion_tokens > 0
+    other = client.completions.create(**{**kwargs, "seed": 8}, extra_body=plain)
+    assert other.choices[0].text != first.choices[0].text
 
 
 def test_continued_conversation_reuses_the_cached_prefix(server):
