@@ -12,9 +12,12 @@ model-free tree (a long retrieval match yields far more tokens than a recycling 
 steps are not averaged together); its speed is tokens over (drafting + t(nodes + 1)) from the
 backend's cost curve, and the fastest runs (each is retried now and then). The refined tree
 contains the model-free one, so each of its verdicts also says what the model-free chain alone
-would have yielded, and that chain's estimate keeps learning while the other runs: a few noisy
-steps cannot keep the slower chain in place. This is the seed paper's stage-insertion rule
-measured rather than derived: inserting the skipped model pays iff it raises tokens per second.
+would have yielded on the same step: that chain's estimate keeps learning while the other runs,
+and the refined tree is credited with its paired gain over it, not with a yield of its own. Its
+tokens are the model-free chain's plus that gain, so a stretch of poor steps, which lowers both
+alike, does not make the refinement look worth its cost. This is the seed paper's
+stage-insertion rule measured rather than derived: inserting the skipped model pays iff it
+raises tokens per second.
 
 Every stage is lossless for its verifier: the full model applies the engine's exact greedy or
 sampling rule to whatever it is given, and `verify_chain_sampled` is the exact rule for drafts
@@ -90,6 +93,8 @@ class ChainStats:
     draft_seconds: float = 0.0
     runs: int = 0  # steps the chain ran
     yields: int = 0  # steps whose yield it learnt: its runs, and others' runs that showed it
+    gain: float = 1.0  # free+skip: tokens over the model-free chain's on the same steps (optimistic)
+    gains: int = 0
     alpha: float = 0.2
     interval: int = 0  # steps between retries
     next_retry: int = 0  # the step of the next retry
@@ -105,6 +110,10 @@ class ChainStats:
         """Learn a step's yield; alone, for a step the chain did not run (its costs stay)."""
         self.tokens += max(self.alpha, 1.0 / (self.yields + 1)) * (tokens - self.tokens)
         self.yields += 1
+
+    def update_gain(self, gain: int) -> None:
+        self.gain += max(self.alpha, 1.0 / (self.gains + 1)) * (gain - self.gain)
+        self.gains += 1
 
 
 class PolybasicDrafter:
@@ -143,7 +152,7 @@ class PolybasicDrafter:
         stats = self.chain_stats(regime)
         self.regime_steps[regime] += 1
         now = self.regime_steps[regime]
-        best = max(usable, key=lambda c: self.speed(stats[c]))
+        best = max(usable, key=lambda c: self.speed(stats, c))
         stats[best].interval = self.explore_every
         stats[best].next_retry = now + self.explore_every
         due = [c for c in usable if c != best and self.explore_every and now >= stats[c].next_retry]
@@ -156,8 +165,12 @@ class PolybasicDrafter:
         retried.next_retry = now + retried.interval
         return chain
 
-    def speed(self, s: ChainStats) -> float:
-        return s.tokens / (s.draft_seconds + float(self.curve.time(s.nodes + 1)))
+    def speed(self, stats: dict[str, ChainStats], chain: str) -> float:
+        """Estimated tokens per second of `chain`; the refined tree's tokens are the model-free
+        chain's plus its paired gain, once a verdict has measured one."""
+        s = stats[chain]
+        tokens = stats["free"].tokens + s.gain if chain == "free+skip" and s.gains else s.tokens
+        return tokens / (s.draft_seconds + float(self.curve.time(s.nodes + 1)))
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
         if not self.skipper.settled:  # a search step: a one-off cost, not the chain's
@@ -213,7 +226,9 @@ class PolybasicDrafter:
         if free_tree is not None:
             # the accepted path's prefix inside the model-free tree, plus the bonus: that tree's
             # yield alone when greedy and uncut by the budget, an estimate otherwise
-            stats["free"].update_tokens(free_tree.prefix_depth(tree.tokens[verdict.accepted]) + 1)
+            alone = free_tree.prefix_depth(tree.tokens[verdict.accepted]) + 1
+            stats["free"].update_tokens(alone)
+            stats[chain].update_gain(verdict.n_accepted + 1 - alone)
         if chain == "skip":
             self.skipper.record(tree, verdict)
 

@@ -236,6 +236,25 @@ def test_a_refined_tree_verdict_also_teaches_the_model_free_chain_its_yield(torc
     assert stats["free+skip"].tokens == pytest.approx(5.0)
     assert stats["free"].tokens == pytest.approx(3.0)  # 5 6 on its own path, then the bonus
     assert stats["free"].yields == 6 and stats["free"].runs == 0  # costs are learnt by running
+    assert stats["free+skip"].gain == pytest.approx(2.0)  # paired: 5 against 3 on the same steps
+
+
+@pytest.mark.parametrize(("gain", "chosen"), [(0.3, "free"), (2.0, "free+skip")])
+def test_refining_is_judged_by_its_paired_gain_not_by_a_poor_stretch_of_the_free_chain(
+        torch_backend, gain, chosen):
+    poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST, explore_every=0)  # no retries
+    poly.skipper.skip = SkipSet(frozenset(), frozenset({2}))
+    stats = poly.chain_stats("r")
+    for _ in range(4):
+        stats["free"].update(3, 4, 0.0)
+        stats["free+skip"].update(3, 4, 0.005)
+        stats["free+skip"].update_gain(gain)
+        stats["skip"].update(1, 1, 0.05)
+    for _ in range(5):  # a poor stretch: 3 tokens a step -> about 1.7
+        stats["free"].update(1, 4, 0.0)
+    # refining would be chosen on its own yield estimate (3 tokens), but it adds `gain` tokens
+    # to what the free chain yields now, which pays for its drafting only when the gain is large
+    assert poly.choose("r") == chosen
 
 
 def test_polybasic_teaches_the_skipper_acceptance_by_depth_not_by_tree_size(torch_backend):
