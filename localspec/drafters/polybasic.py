@@ -10,7 +10,8 @@ Which chain runs comes from measured cost and acceptance, as in the budget: for 
 online estimate of tokens per step, drafting seconds and verified nodes, kept per regime of the
 model-free tree (a long retrieval match yields far more tokens than a recycling tree, so their
 steps are not averaged together); its speed is tokens over (drafting + t(nodes + 1)) from the
-backend's cost curve, and the fastest runs (each is retried now and then). The refined tree
+backend's cost curve, and the fastest runs (the others are retried now and then, the skipped
+model's chain only where it could win with every draft accepted). The refined tree
 contains the model-free one, so each of its verdicts also says what the model-free chain alone
 would have yielded on the same step: that chain's estimate keeps learning while the other runs,
 and the refined tree is credited with its paired gain over it, not with a yield of its own. Its
@@ -155,7 +156,8 @@ class PolybasicDrafter:
         best = max(usable, key=lambda c: self.speed(stats, c))
         stats[best].interval = self.explore_every
         stats[best].next_retry = now + self.explore_every
-        due = [c for c in usable if c != best and self.explore_every and now >= stats[c].next_retry]
+        due = [c for c in usable if c != best and self.explore_every and now >= stats[c].next_retry
+               and self.could_beat(c, self.speed(stats, best))]
         if not due:
             return best
         chain = min(due, key=lambda c: stats[c].next_retry)
@@ -164,6 +166,16 @@ class PolybasicDrafter:
             retried.interval = min(2 * retried.interval, MAX_EXPLORE_INTERVAL)
         retried.next_retry = now + retried.interval
         return chain
+
+    def could_beat(self, chain: str, speed: float) -> bool:
+        """Whether `chain` could reach `speed` at all. The skipped model's chain cannot beat the
+        speed of max_draft drafts all accepted, at its measured cost per draft level; retrying
+        it where even that is slower only costs steps."""
+        level = self.skipper.level_seconds
+        if chain != "skip" or level is None:
+            return True
+        n = self.skipper.settings.max_draft
+        return (n + 1) / (n * level + float(self.curve.time(n + 1))) > speed
 
     def speed(self, stats: dict[str, ChainStats], chain: str) -> float:
         """Estimated tokens per second of `chain`; the refined tree's tokens are the model-free

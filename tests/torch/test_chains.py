@@ -310,3 +310,22 @@ def test_seeded_sampled_output_equals_plain_decoding(engine, torch_backend, draf
         spec = generate(engine, prompt, GenerationSettings(max_tokens=24, drafter=drafter,
                                                            max_draft_tokens=8, sampling=sampling))
         assert spec.tokens == plain.tokens
+
+
+@pytest.mark.parametrize(("level_seconds", "retried"), [(0.05, False), (0.0001, True)])
+def test_the_skipped_models_chain_is_not_retried_where_it_could_not_win(torch_backend, level_seconds,
+                                                                        retried):
+    """Eight drafts a level of 50 ms cannot beat a model-free chain at 3 tokens per 11 ms even
+    if every draft were accepted; at 0.1 ms a level they could, so the chain is still retried."""
+    poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST, explore_every=8)
+    poly.skipper.skip = SkipSet(frozenset(), frozenset({2}))
+    poly.skipper.level_seconds = level_seconds
+    stats = poly.chain_stats("r")
+    for _ in range(4):
+        stats["free"].update(3, 4, 0.0)
+        stats["skip"].update(1, 1, level_seconds)
+        stats["free+skip"].update(1, 4, 0.05)
+    chosen = [poly.choose("r") for _ in range(500)]
+    assert ("skip" in chosen) == retried
+    assert "free+skip" in chosen  # the refined tree has no such bound and is still retried
+
