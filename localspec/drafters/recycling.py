@@ -151,10 +151,10 @@ class TokenRecyclingDrafter:
             nodes = level[:np.searchsorted(level, n)]
             if nodes.size == 0:
                 break
-            above = np.maximum(toks[t.parents[nodes] + 1], 0)
-            successors = self.ranked(above, len(history) - 1 + depth)
-            picked = successors[np.arange(nodes.size), t.ranks[nodes]]
-            toks[nodes + 1] = np.where(toks[t.parents[nodes] + 1] >= 0, picked, -1)
+            above = toks[t.parents[nodes] + 1]
+            # a node at depth d is the token at position len(history) - 1 + d
+            successors = self.ranked(np.maximum(above, 0), len(history) - 1 + depth)
+            toks[nodes + 1] = np.where(above >= 0, successors[np.arange(nodes.size), t.ranks[nodes]], -1)
         keep = toks[1:] >= 0  # a node under an unknown token is unknown too
         if keep.all():
             return DraftTree(toks[1:], t.parents[:n].copy(), self.name)
