@@ -34,16 +34,6 @@ class Distribution:
         hit = np.flatnonzero(self.ids == token)
         return float(self.probs[hit[0]]) if hit.size else 0.0
 
-    def without(self, token: int) -> Distribution:
-        """The distribution with `token` removed and the rest renormalised."""
-        keep = self.ids != token
-        probs = self.probs[keep]
-        return Distribution(self.ids[keep], probs / probs.sum())
-
-    def sample(self, rng: np.random.Generator) -> int:
-        return int(self.ids[min(np.searchsorted(np.cumsum(self.probs), rng.random() * self.probs.sum(),
-                                                side="right"), len(self.ids) - 1)])
-
     def dense(self, n_vocab: int) -> np.ndarray:
         out = np.zeros(n_vocab)
         out[self.ids] = self.probs

@@ -191,9 +191,9 @@ def guesses(logits: torch.Tensor, positions: np.ndarray | list[int], noise: Gumb
     that the first guess is the token the sampler will draw if the full model agrees."""
     if noise is None:
         return logits.topk(k, dim=-1).indices
-    gumbel = noise.gumbel(np.asarray(positions)[:, None], np.arange(logits.shape[-1])[None, :])
-    scores = logits.float() / noise.temperature + torch.from_numpy(gumbel).to(logits.device, torch.float32)
-    return scores.topk(k, dim=-1).indices
+    scores = noise.perturbed(logits.float().cpu().numpy(), np.asarray(positions)[:, None],
+                             np.arange(logits.shape[-1]))
+    return torch.from_numpy(scores).to(logits.device).topk(k, dim=-1).indices
 
 
 def draft_chain(backend: TorchBackend, skip: SkipSet, n_past: int, token: int, position: int, slot: int,

@@ -100,20 +100,23 @@ class ChainStats:
     interval: int = 0  # steps between retries
     next_retry: int = 0  # the step of the next retry
 
+    def average(self, estimate: float, value: float, count: int) -> float:
+        """The mean of the first 1 / alpha values, then a moving average."""
+        return estimate + max(self.alpha, 1.0 / (count + 1)) * (value - estimate)
+
     def update(self, tokens: int, nodes: int, draft_seconds: float) -> None:
-        a = max(self.alpha, 1.0 / (self.runs + 1))
-        self.nodes += a * (nodes - self.nodes)
-        self.draft_seconds += a * (draft_seconds - self.draft_seconds)
+        self.nodes = self.average(self.nodes, nodes, self.runs)
+        self.draft_seconds = self.average(self.draft_seconds, draft_seconds, self.runs)
         self.runs += 1
         self.update_tokens(tokens)
 
     def update_tokens(self, tokens: int) -> None:
         """Learn a step's yield; alone, for a step the chain did not run (its costs stay)."""
-        self.tokens += max(self.alpha, 1.0 / (self.yields + 1)) * (tokens - self.tokens)
+        self.tokens = self.average(self.tokens, tokens, self.yields)
         self.yields += 1
 
     def update_gain(self, gain: int) -> None:
-        self.gain += max(self.alpha, 1.0 / (self.gains + 1)) * (gain - self.gain)
+        self.gain = self.average(self.gain, gain, self.gains)
         self.gains += 1
 
 

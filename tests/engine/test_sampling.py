@@ -77,11 +77,6 @@ def test_penalty_window_only_looks_back_penalty_last_n():
     np.testing.assert_allclose(out, [1.0, 0.5, 0.5])
 
 
-def test_without_renormalises():
-    d = Distribution(np.array([3, 4, 5]), np.array([0.5, 0.25, 0.25])).without(3)
-    assert d.ids.tolist() == [4, 5] and d.probs.tolist() == [0.5, 0.5]
-
-
 @pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5),
                                     dict(top_k=-1), dict(min_p=2), dict(repeat_penalty=0),
                                     dict(seed=-5), dict(presence_penalty=3)])
