@@ -71,6 +71,8 @@ def main() -> None:
                            "prompts": len(prompts), "repeats": args.repeats},
               "skip_set": None if skipper is None or skipper.skip is None else
               {"attn": sorted(skipper.skip.attn), "mlp": sorted(skipper.skip.mlp), "match": skipper.score,
+               "ranks": skipper.ranks.round(3).tolist(), "learnt": skipper.stats.rates[:3].round(3).tolist(),
+               "level_seconds": skipper.level_seconds,
                "evals": skipper.evals, "search_seconds": round(skipper.search_seconds, 2)},
               "polybasic_chains": None if "polybasic" not in methods else
               {regime: {c: vars(s) for c, s in chains.items()}

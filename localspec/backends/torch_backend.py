@@ -10,6 +10,7 @@ verify overwrites whatever they wrote.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,15 +177,16 @@ class TorchBackend(TokenizesWithLlamaCpp):
         mask = visibility(n_past, base, parents, self._dev)
         return self.run(tokens, n_past + depths - 1, base + np.arange(len(tokens)), mask, skip)
 
-    def exit_argmax_tree(self, n_past: int, tokens: np.ndarray, parents: np.ndarray, depths: np.ndarray,
-                         base: int) -> np.ndarray:
-        """Like run_tree with the full model, but the argmax after every layer: [n_layer, n]."""
+    def exit_guesses_tree(self, n_past: int, tokens: np.ndarray, parents: np.ndarray, depths: np.ndarray,
+                          base: int, guess: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+        """Like run_tree with the full model, but `guess` of the logits after every layer:
+        [n_layer, n, ...]."""
         def t(a) -> torch.Tensor:
             return torch.as_tensor(np.asarray(a, np.int64), device=self._dev)
 
         mask = visibility(n_past, base, parents, self._dev)
-        return self.model.exit_argmax(t(tokens), t(n_past + depths - 1), t(base + np.arange(len(tokens))),
-                                      mask).cpu().numpy()
+        return self.model.exit_guesses(t(tokens), t(n_past + depths - 1), t(base + np.arange(len(tokens))),
+                                       mask, guess).cpu().numpy()
 
     # -- the Backend contract ---------------------------------------------------------------------
 

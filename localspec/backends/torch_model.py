@@ -11,6 +11,7 @@ which is what self-speculative drafting needs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,16 +230,17 @@ class Transformer(nn.Module):
         return self.layers[0].linear(self.norm(x), self.output).float()
 
     @torch.inference_mode()
-    def exit_argmax(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-                    mask: torch.Tensor) -> torch.Tensor:
-        """[n_layer, tokens]: the argmax token if the model exited after each layer (DEL)."""
+    def exit_guesses(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                     mask: torch.Tensor, guess: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """[n_layer, tokens, ...]: `guess` of the logits the model would give if it exited after
+        each layer (DEL), all exits in one pass."""
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         x = self.embed[tokens]
         exits = []
         for i, layer in enumerate(self.layers):
             x = x + layer.attention(x, cos, sin, i, self.cache, slots, mask)
             x = x + layer.mlp(x)
-            exits.append(F.linear(self.norm(x), self.output).argmax(-1))
+            exits.append(guess(layer.linear(self.norm(x), self.output).float()))
         return torch.stack(exits)
 
 

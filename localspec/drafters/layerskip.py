@@ -1,22 +1,29 @@
 """Self-speculation by layer skipping (SWIFT) with a dynamic exit and draft length (DEL).
 
 The draft is the target itself with some attention/MLP sublayers left out; no extra weights.
-The skip set is optimised on the fly from the model's own recent output: each candidate is scored
-by how often the skipped model's argmax, teacher-forced over the last generated tokens, equals
-the token the full model produced. Candidates come from random search around the best set so far
-and, every few evaluations, from Bayesian optimisation (a Gaussian process over skip bits with
-expected improvement). DEL's early-exit sets (every layer from e on skipped) are scored for all e
-in one extra forward. A candidate's value is the speed it promises: expected accepted tokens per
-unit of compute, for the best draft length. Optimising stops once the score passes a threshold
-(or after a budget of evaluations) and the winner is cached per model and task type.
+The skip set is optimised on the fly from the model's own outputs: each candidate is scored,
+teacher-forced over the last tokens of the request, by how often the full model's token is the
+skipped model's first, second, ... guess. DEL's early-exit sets (every layer from e on skipped)
+are scored for all e in the one forward that gives the full model's tokens; then the MLP tails
+(the MLPs from layer e on), then candidates from random search around the best set so far and,
+every few evaluations, from Bayesian optimisation (a Gaussian process over skip bits with
+expected improvement). A candidate's value is the speed it
+promises: expected tokens per unit of time of the best draft tree its guesses allow, at its
+measured cost. Optimising stops once the first guess is right often enough (or after a budget
+of evaluations) and the winner is cached per model and task type.
 
-Drafting runs the skipped model one token at a time in the backend's cache slots right after the
-committed prefix (the verify overwrites them) and stops when top-1 confidence falls below a
-threshold or at the length that maximises expected tokens per second.
+Drafting plans a tree of rank paths each step: the node (0, 2) is the skipped model's third
+guess after its first guess. How likely each rank is right at each depth is learnt online;
+the plan keeps the tree (possibly none: plain decoding) with the most expected tokens per
+second, where a tree costs one skipped forward per level and a verify of its nodes on the
+backend's measured cost curve. With a flat curve (a GPU, or a CPU in bf16) a wide tree of a
+cheap, often-wrong draft pays; with a steep one a short chain of a good draft. Drafting stops
+early when the draft's top-1 confidence falls below a threshold (SWIFT).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import time
@@ -26,7 +33,7 @@ import numpy as np
 import torch
 
 from localspec.backends.torch_backend import TorchBackend, chain_parents
-from localspec.backends.torch_model import SkipSet
+from localspec.backends.torch_model import FULL, SkipSet
 from localspec.budget import CostCurve, model_fingerprint
 from localspec.paths import cache_dir
 from localspec.sampling import GumbelNoise
@@ -36,14 +43,12 @@ from localspec.verify import Verdict
 
 @dataclass(frozen=True)
 class LayerSkipSettings:
-    confidence: float = 0.8  # stop drafting when the draft's top-1 probability is below this
+    confidence: float = 0.8  # stop drafting deeper when the draft's top-1 probability is below this
     max_draft: int = 8  # deepest draft
-    width: int = 3  # children tried per draft node (1 = SWIFT's chain)
-    beam: int = 4  # nodes kept per draft level
-    tree_stop: float = 0.2  # stop a tree draft when no new path is this likely
-    window: int = 32  # recent generated tokens that score a skip set
+    ranks: int = 8  # guesses kept per drafted node: its children are among them
+    window: int = 48  # recent tokens (prompt or generated) that score a skip set
     min_window: int = 12
-    target_score: float = 0.93  # stop optimising when a set matches this often...
+    target_score: float = 0.93  # stop optimising when a set's first guess is right this often...
     max_evals: int = 40  # ...or after this many evaluations (half when no set promised a speed-up)
     bo_every: int = 5  # a Bayesian-optimisation proposal every this many evaluations
     max_skip_ratio: float = 0.75  # of the optimisable sublayers
@@ -51,15 +56,74 @@ class LayerSkipSettings:
     seed: int = 0
 
 
-def chain_speed(rates: np.ndarray, draft_cost: float, verify_cost: np.ndarray) -> tuple[float, int]:
-    """Best (expected tokens / time, draft length k): rates[d] is P(accept at depth d + 1 | all
-    before accepted), one draft step costs draft_cost, verify_cost[n] = t(n + 1) for n drafts."""
-    reach = np.concatenate([[1.0], np.cumprod(rates)])  # P(first k drafts all accepted)
-    tokens = np.cumsum(reach)  # expected tokens with k drafts: bonus + accepted
-    k = np.arange(len(tokens))
-    speed = tokens / (k * draft_cost + verify_cost[: len(tokens)])
-    best = int(np.argmax(speed))
-    return float(speed[best]), best
+def plan_tree(rates: np.ndarray, level_cost: float, verify_cost: np.ndarray, max_nodes: int
+              ) -> tuple[list[tuple[int, ...]], float]:
+    """The non-empty tree of rank paths that promises the most tokens per unit of time, and that
+    speed (tokens per full forward; plain decoding's is 1 / verify_cost[0]).
+
+    rates[d, r] is the chance that the rank-r guess at depth d + 1 is the target's token, given
+    that the path above it is; a path's chance is the product along it. A tree of n nodes and
+    depth D costs D draft levels and a verify of n + 1 rows (verify_cost[n]) and yields 1 + the
+    sum of its paths' chances. For each depth limit the tree grows best-first (the most likely
+    path next, so every prefix is a tree, and the likeliest one of its size) and each prefix is
+    timed. Paths come best first, each after its parent."""
+    n_depth = rates.shape[0]
+    order = np.argsort(-rates, axis=1, kind="stable")  # ranks, likeliest first, per depth
+    ranked = np.take_along_axis(rates, order, axis=1)
+    max_nodes = min(max_nodes, len(verify_cost) - 1)
+    best: tuple[list[tuple[int, ...]], float] = ([], 0.0)
+    for limit in range(1, n_depth + 1):
+        heap = [(-float(ranked[0, 0]), (0,), 1.0)]  # (-chance, positions in `order`, parent's chance)
+        chosen: list[tuple[int, ...]] = []
+        tokens, deepest = 1.0, 0
+        while heap and len(chosen) < max_nodes:
+            negative, path, above = heapq.heappop(heap)
+            chosen.append(path)
+            tokens -= negative
+            deepest = max(deepest, len(path))
+            speed = tokens / (deepest * level_cost + verify_cost[len(chosen)])
+            if speed > best[1]:
+                best = ([tuple(int(order[d, i]) for d, i in enumerate(p)) for p in chosen], speed)
+            # the next sibling and the first child are the only candidates that can come next
+            depth, last = len(path) - 1, path[-1]
+            if last + 1 < ranked.shape[1]:
+                sibling = path[:-1] + (last + 1,)
+                heapq.heappush(heap, (-above * float(ranked[depth, last + 1]), sibling, above))
+            if len(path) < limit:
+                heapq.heappush(heap, (negative * float(ranked[depth + 1, 0]), path + (0,), -negative))
+        if deepest < limit:
+            break  # no node reached the limit: a deeper one grows the same tree
+    return best
+
+
+@dataclass
+class RankStats:
+    """Online P(the rank-r guess at depth d + 1 is right | the path above it is): the mean of
+    the first observations (the prior weighing one), then an exponential moving average."""
+
+    prior: np.ndarray  # [ranks], for every depth
+    depth: int = 8
+    alpha: float = 0.1
+    rates: np.ndarray = field(init=False)
+    seen: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rates = np.tile(np.asarray(self.prior, float), (self.depth, 1))
+        self.seen = np.zeros(self.depth, np.int64)
+
+    def update(self, depth: int, rank: int | None) -> None:
+        """At `depth` (0-based) the target's token was the guess of `rank` (None: none of them)."""
+        hit = np.zeros(self.rates.shape[1])
+        if rank is not None:
+            hit[rank] = 1.0
+        step = max(self.alpha, 1.0 / (self.seen[depth] + 2))
+        self.rates[depth] += step * (hit - self.rates[depth])
+        self.seen[depth] += 1
+
+
+def rank_frequencies(top: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """[ranks]: how often each guess column of top [rows, ranks] holds the row's target."""
+    return (top == np.asarray(targets)[:, None]).mean(axis=0)
 
 
 class SkipSetSearch:
@@ -135,22 +199,6 @@ class SkipSetSearch:
         return (mean - z.max()) * cdf + sd * pdf
 
 
-@dataclass
-class DepthStats:
-    """Online P(accept at depth d | accepted before), exponential moving averages."""
-
-    prior: float
-    alpha: float = 0.15
-    rates: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.rates = np.full(32, self.prior)
-
-    def update(self, drafted: int, accepted: int) -> None:
-        for d in range(min(drafted, accepted + 1, len(self.rates))):
-            self.rates[d] += self.alpha * (float(d < accepted) - self.rates[d])
-
-
 class SkipSetStore:
     """Optimised skip sets on disk, per model fingerprint and task type."""
 
@@ -164,20 +212,23 @@ class SkipSetStore:
         except (OSError, ValueError):
             return {}
 
-    def load(self, task: str) -> tuple[SkipSet | None, float] | None:
-        """(skip set, match rate); a None set records that no set beat plain decoding."""
+    def load(self, task: str) -> tuple[SkipSet | None, np.ndarray] | None:
+        """(skip set, how often each of its guesses was right); a None set records that no set
+        beat plain decoding."""
         entry = self._read().get(f"{self.model_key}|{task}")
         if not entry:
             return None
+        ranks = np.asarray(entry.get("ranks") or [entry["score"]], float)  # older entries: top-1 only
         if entry.get("attn") is None:
-            return None, float(entry["score"])
-        return SkipSet(frozenset(entry["attn"]), frozenset(entry["mlp"])), float(entry["score"])
+            return None, ranks
+        return SkipSet(frozenset(entry["attn"]), frozenset(entry["mlp"])), ranks
 
-    def save(self, task: str, skip: SkipSet | None, score: float) -> None:
+    def save(self, task: str, skip: SkipSet | None, ranks: np.ndarray) -> None:
         data = self._read()
         data[f"{self.model_key}|{task}"] = {"attn": None if skip is None else sorted(skip.attn),
                                             "mlp": None if skip is None else sorted(skip.mlp),
-                                            "score": score}
+                                            "score": float(ranks[0]) if len(ranks) else 0.0,
+                                            "ranks": [round(float(r), 4) for r in ranks]}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{id(self)}.tmp")
         tmp.write_text(json.dumps(data, indent=1))
@@ -219,46 +270,51 @@ def draft_chain(backend: TorchBackend, skip: SkipSet, n_past: int, token: int, p
     return out
 
 
-def draft_tree(backend: TorchBackend, skip: SkipSet, root: int, depth: int, max_nodes: int, width: int,
-               beam: int, stop: float, noise: GumbelNoise | None = None) -> DraftTree:
-    """A dynamic draft tree from the skipped model, one batched forward per level (on CPU in bf16
-    and on GPUs a forward of a few rows costs what one row costs). Each level keeps the `beam`
-    children (top `width` per frontier node) of highest path probability; drafting stops when
-    the best new path probability is below `stop`. Node i sits in cache slot n_past + 1 + i, as
-    in the verify that follows (which overwrites it)."""
+def draft_plan(backend: TorchBackend, skip: SkipSet, root: int, paths: list[tuple[int, ...]], ranks: int,
+               confidence: float, noise: GumbelNoise | None = None
+               ) -> tuple[DraftTree, dict[int, np.ndarray]]:
+    """Draft a planned tree of rank paths: level by level, the skipped model runs the nodes that
+    have children in the plan (first the root, node -1) in one batched forward, and each child
+    takes its parent's guess of its rank. Node i sits in cache slot n_past + 1 + i, as in the
+    verify that follows (which overwrites it). Drafting stops below a level whose best top-1
+    probability is under `confidence`. Returns the tree and the `ranks` guesses of every node
+    that ran (which show, once verified, which rank was right)."""
     n_past = len(backend.tokens)
-    tokens: list[int] = []
-    parents: list[int] = []
-    path_logp: list[float] = []
-    sees: dict[int, list[int]] = {-1: [n_past]}  # node -> the block's slots it attends
-    frontier, feed = [-1], [root]
-    for level in range(depth):
-        slots = [n_past + 1 + node for node in frontier]
-        mask = torch.zeros(len(frontier), max(slots) + 1, dtype=torch.bool, device=backend.model.device)
+    index = {p: i for i, p in enumerate(paths)}
+    parents = np.array([index[p[:-1]] if len(p) > 1 else -1 for p in paths], np.int64)
+    depths = np.array([len(p) for p in paths], np.int64)
+    rank = np.array([p[-1] for p in paths], np.int64)
+    tokens = np.full(len(paths), -1, np.int64)
+    sees: dict[int, list[int]] = {-1: [n_past]}  # node -> the slots it attends besides the prefix
+    guessed: dict[int, np.ndarray] = {}
+    reached = 0
+    for level in range(1, int(depths.max(initial=0)) + 1):
+        children = np.flatnonzero(depths == level)
+        feed = sorted(set(parents[children].tolist()))
+        slots = [n_past + 1 + node for node in feed]
+        mask = torch.zeros(len(feed), max(slots) + 1, dtype=torch.bool, device=backend.model.device)
         mask[:, :n_past] = True
-        for row, node in enumerate(frontier):
+        for row, node in enumerate(feed):
             mask[row, sees[node]] = True
-        logits = backend.run(feed, [n_past + level] * len(feed), slots, mask, skip)
-        top_ids = guesses(logits, [n_past + level + 1] * len(feed), noise, width)
-        top_lp = torch.log_softmax(logits, -1).gather(-1, top_ids)
-        base = torch.tensor([path_logp[n] if n >= 0 else 0.0 for n in frontier], device=logits.device)
-        cand = (base[:, None] + top_lp).flatten()
-        order = cand.argsort(descending=True)[: min(beam, max_nodes - len(tokens))].tolist()
-        if not order or math.exp(float(cand[order[0]])) < stop:
+        inputs = [root if node < 0 else int(tokens[node]) for node in feed]
+        logits = backend.run(inputs, [n_past + level - 1] * len(feed), slots, mask, skip)
+        top = guesses(logits, [n_past + level] * len(feed), noise, ranks)
+        sure = float(torch.softmax(logits, dim=-1).gather(-1, top[:, :1]).max())
+        top = top.cpu().numpy()
+        row_of = {node: row for row, node in enumerate(feed)}
+        for row, node in enumerate(feed):
+            guessed[node] = top[row]
+        tokens[children] = top[[row_of[int(p)] for p in parents[children]], rank[children]]
+        for child in children.tolist():
+            sees[child] = sees[int(parents[child])] + [n_past + 1 + child]
+        reached = level
+        if sure < confidence:
             break
-        ids, values = top_ids.flatten().tolist(), cand.tolist()
-        new = []
-        for flat in order:
-            if math.exp(values[flat]) < stop:
-                break
-            parent, node = frontier[flat // width], len(tokens)
-            tokens.append(ids[flat])
-            parents.append(parent)
-            path_logp.append(values[flat])
-            sees[node] = sees[parent] + [n_past + 1 + node]
-            new.append(node)
-        frontier, feed = new, [tokens[n] for n in new]
-    return DraftTree(np.asarray(tokens, np.int32), np.asarray(parents, np.int32))
+    keep = depths <= reached
+    new_index = np.cumsum(keep) - 1
+    kept_parents = np.where(parents[keep] >= 0, new_index[np.maximum(parents[keep], 0)], -1)
+    tree = DraftTree(tokens[keep].astype(np.int32), kept_parents.astype(np.int32))
+    return tree, {(int(new_index[n]) if n >= 0 else -1): g for n, g in guessed.items()}
 
 
 class LayerSkipDrafter:
@@ -274,23 +330,35 @@ class LayerSkipDrafter:
         n_layer = backend.model.args.n_layer
         self.search = SkipSetSearch(n_layer, settings)
         self.store = SkipSetStore(f"{model_fingerprint(backend.info.path)}|{n_layer}")
-        # relative compute of a draft step per sublayer (weights read), plus a per-op floor
-        self.sublayer_cost = backend.model.sublayer_costs() + 0.004
         sizes = np.arange(1, 34)
         t = curve.time(sizes) if curve is not None else 1.0 + 0.02 * (sizes - 1)
         self.verify_cost = t / t[0]  # in units of one full forward of one token
         self.forward_seconds = float(t[0]) if curve is not None else None
         self.level_seconds: float | None = None  # measured seconds of one draft level (EMA)
+        self._sublayer_seconds: tuple[float, np.ndarray] | None = None  # see draft_cost
         self._declined = 0
+        self._budget = 16  # nodes the engine allowed at the last step
+        self._guessed: dict[int, np.ndarray] = {}  # the last draft's guesses per node that ran
         self.task = "text"
         self.skip: SkipSet | None = None
-        self.score = 0.0
+        self.ranks = np.zeros(settings.ranks)  # how often each guess of the skip set was right
         self.settled = False
-        self.depth = DepthStats(prior=0.7)
+        self.stats = self._new_stats()
         self.noise: GumbelNoise | None = None  # the sampler's, for this request
-        self._n_prompt = 0
+        self._window: tuple[int, np.ndarray, np.ndarray] | None = None  # see search_window
+        self._tails = self.mlp_tails()  # candidates outside the search's bits, tried first
         self.evals = 0  # counters, reported by whoever wants them
         self.search_seconds = 0.0
+
+    @property
+    def score(self) -> float:
+        """How often the skip set's first guess was right when it was chosen."""
+        return float(self.ranks[0])
+
+    def _new_stats(self) -> RankStats:
+        prior = np.zeros(self.settings.ranks)
+        prior[: len(self.ranks)] = self.ranks[: self.settings.ranks]
+        return RankStats(prior, depth=self.settings.max_draft)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -300,41 +368,48 @@ class LayerSkipDrafter:
             self.task = task
             cached = self.store.load(task)
             self.search = SkipSetSearch(self.backend.model.args.n_layer, self.settings)
+            self._tails = self.mlp_tails()
             if cached is not None:
-                self.skip, self.score = cached
+                self.skip, self.ranks = cached
                 self.settled = True
-                self.depth = DepthStats(prior=self.score)
             else:
-                self.skip, self.score, self.settled = None, 0.0, False
-        self._n_prompt = len(prompt)
+                self.skip, self.ranks, self.settled = None, np.zeros(self.settings.ranks), False
+            self.stats = self._new_stats()
+        self._window = None  # the cache may have changed
         self.noise = noise
 
     def task_type(self, prompt: np.ndarray) -> str:
-        """'chat' when the prompt holds control tokens (a chat template), else 'text'."""
+        """'chat' when the prompt holds control tokens other than BOS (a chat template), else 'text'."""
         for token in np.unique(prompt[-256:]).tolist():
+            if token == self.backend.bos_token:
+                continue
             if not self.backend.token_bytes(token) and self.backend.special_token_text(token):
                 return "chat"
         return "text"
 
+    def plan(self, budget: int) -> tuple[list[tuple[int, ...]], float]:
+        """The best tree of rank paths for the learnt rates, and its speed against plain decoding."""
+        return plan_tree(self.stats.rates, self.measured_draft_cost(), self.verify_cost, budget)
+
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
+        self._guessed = {}
+        self._budget = budget
         if not self.settled:
-            self.optimise(history)
+            self.optimise()
         if self.skip is None or budget <= 0:
             return DraftTree.empty(self.name)
-        _, length = chain_speed(self.depth.rates[: self.settings.max_draft], self.measured_draft_cost(),
-                                self.verify_cost)
-        if length == 0 and self._declined < self.settings.probe_every:
-            self._declined += 1  # plain decoding is faster at the acceptance seen; probe now and then
+        paths, speed = self.plan(budget)
+        if speed <= 1.0 and self._declined < self.settings.probe_every:
+            self._declined += 1  # plain decoding is faster at the rates seen; probe now and then
             return DraftTree.empty(self.name)
         self._declined = 0
         s = self.settings
         start = time.perf_counter()
-        tree = draft_tree(self.backend, self.skip, int(history[-1]), max(length, 1), budget, s.width,
-                          s.beam, s.confidence if s.width == 1 else s.tree_stop, self.noise)
-        if len(tree):
-            seconds = (time.perf_counter() - start) / int(tree.depths.max())
-            self.level_seconds = seconds if self.level_seconds is None else \
-                self.level_seconds + 0.2 * (seconds - self.level_seconds)
+        tree, self._guessed = draft_plan(self.backend, self.skip, int(history[-1]), paths, s.ranks,
+                                         s.confidence, self.noise)
+        seconds = (time.perf_counter() - start) / max(int(tree.depths.max(initial=1)), 1)
+        self.level_seconds = seconds if self.level_seconds is None else \
+            self.level_seconds + 0.2 * (seconds - self.level_seconds)
         return DraftTree(tree.tokens, tree.parents, self.name)
 
     def measured_draft_cost(self) -> float:
@@ -348,69 +423,140 @@ class LayerSkipDrafter:
             self.record(tree, verdict)
 
     def record(self, tree: DraftTree, verdict: Verdict) -> None:
-        """Learn acceptance per depth from a verified tree this drafter drafted."""
-        if len(tree):
-            self.depth.update(int(tree.depths.max()), verdict.n_accepted)
+        """Learn from a verified tree this drafter drafted which rank was right at each depth
+        down the accepted path, wherever the skipped model ran the node above."""
+        node = -1
+        for depth, token in enumerate(verdict.tokens[: self.stats.depth]):
+            guess = self._guessed.get(node)
+            if guess is None:
+                break
+            hit = np.flatnonzero(guess == token)
+            self.stats.update(depth, int(hit[0]) if hit.size else None)
+            if depth >= len(verdict.accepted):
+                break
+            node = verdict.accepted[depth]
+        self._guessed = {}
 
     # -- skip-set optimisation ----------------------------------------------------------------
 
-    def draft_cost(self, skip: SkipSet) -> float:
-        bits = skip.as_bits(self.backend.model.args.n_layer).astype(bool)
-        return float(1.0 - self.sublayer_cost[bits].sum())
+    def mlp_tails(self) -> list[SkipSet]:
+        """The MLPs of layers e.. skipped, attention kept: cheap sets the search's bits (never
+        the last layer, as SWIFT) cannot express; popped shortest tail first."""
+        n_layer = self.backend.model.args.n_layer
+        return [SkipSet(frozenset(), frozenset(range(e, n_layer))) for e in range(1, n_layer)]
 
-    def value(self, skip: SkipSet, match: float) -> float:
-        """Promised speed-up of drafting with `skip` at per-token match rate `match`."""
-        rates = np.full(self.settings.max_draft, min(match, 0.999))
-        return chain_speed(rates, self.draft_cost(skip), self.verify_cost)[0]
+    def draft_cost(self, skip: SkipSet | None) -> float:
+        """One skipped forward of one token in units of a full one, from three timed forwards
+        (nothing, attention only, everything): a fixed cost plus, per sublayer kept, a cost per
+        weight read and one per sublayer."""
+        if self._sublayer_seconds is None:
+            self._sublayer_seconds = self._time_sublayers()
+        fixed, per_sublayer = self._sublayer_seconds
+        kept = ~(FULL if skip is None else skip).as_bits(self.backend.model.args.n_layer).astype(bool)
+        return float((fixed + per_sublayer[kept].sum()) / (fixed + per_sublayer.sum()))
 
-    def optimise(self, history: np.ndarray) -> None:
-        """One search step over the window of recently generated tokens."""
-        window = min(self.settings.window, len(history) - self._n_prompt)
-        if window < self.settings.min_window:
-            return
+    def _time_sublayers(self) -> tuple[float, np.ndarray]:
+        n_layer = self.backend.model.args.n_layer
+        every = frozenset(range(n_layer))
+        empty = self._time_forward(SkipSet(every, every))
+        attn_only = self._time_forward(SkipSet(frozenset(), every))
+        full = self._time_forward(FULL)
+        weights = self.backend.model.sublayer_costs()  # weights read per sublayer (fractions)
+        w_attn, w_mlp = weights[:n_layer].sum(), weights[n_layer:].sum()
+        # attn_only - empty = n_layer * per + w_attn * per_weight; full - empty adds the MLPs
+        system = np.array([[n_layer, w_attn], [2 * n_layer, w_attn + w_mlp]])
+        try:
+            per, per_weight = np.maximum(np.linalg.solve(system, [attn_only - empty, full - empty]), 0.0)
+        except np.linalg.LinAlgError:
+            per, per_weight = 0.0, max(full - empty, 0.0)
+        return max(empty, 1e-6), per + per_weight * weights
+
+    def _time_forward(self, skip: SkipSet, repeats: int = 3) -> float:
+        """The fastest of a few one-token forwards of the skipped model in the scratch slots."""
+        n_past, base = len(self.backend.tokens), self.backend.scratch_base
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.backend.run_tree(n_past, np.zeros(1, np.int64), chain_parents(1), np.ones(1, np.int64),
+                                  base, skip)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    def value(self, skip: SkipSet, ranks: np.ndarray) -> float:
+        """Promised speed-up of drafting with `skip`, whose guesses were right with frequencies `ranks`."""
+        rates = np.tile(ranks, (self.settings.max_draft, 1))
+        return plan_tree(rates, self.draft_cost(skip), self.verify_cost, self._budget)[1]
+
+    def optimise(self) -> None:
+        """One search step: first the window and every exit layer, then one candidate a step."""
         start = time.perf_counter()
-        if self.evals == 0:
-            for skip, match in self.exit_matches(history, window):  # DEL: every exit layer at once
-                self._consider(skip, match)
-        bits = self.search.propose()
-        if bits is None:
-            self.settle()
+        if self._window is None:
+            self._window = self.search_window()
+            if self._window is not None:
+                for skip, ranks in self.exit_ranks():  # DEL: every exit layer in one forward
+                    self._consider(skip, ranks)
+            self.search_seconds += time.perf_counter() - start
             return
-        skip = self.search.to_skip(bits)
-        match = self.match_rate(history, window, skip)
-        self.search.record(bits, self.value(skip, match))
-        self._consider(skip, match)
+        bits = None
+        if self._tails:
+            skip = self._tails.pop()
+        else:
+            bits = self.search.propose()
+            if bits is None:
+                self.settle()
+                return
+            skip = self.search.to_skip(bits)
+        ranks = self.rank_rates(skip)
+        if bits is not None:
+            self.search.record(bits, self.value(skip, ranks))
+        self._consider(skip, ranks)
         self.evals += 1
         self.search_seconds += time.perf_counter() - start
         hopeless = self.skip is None and self.evals >= self.settings.max_evals // 2
-        if match >= self.settings.target_score or self.evals >= self.settings.max_evals or hopeless:
+        if ranks[0] >= self.settings.target_score or self.evals >= self.settings.max_evals or hopeless:
             self.settle()
 
-    def _consider(self, skip: SkipSet, match: float) -> None:
-        if self.value(skip, match) > (self.value(self.skip, self.score) if self.skip else 1.0):
-            self.skip, self.score = skip, match
-            self.depth = DepthStats(prior=match)
+    def _consider(self, skip: SkipSet, ranks: np.ndarray) -> None:
+        if self.value(skip, ranks) > (self.value(self.skip, self.ranks) if self.skip else 1.0):
+            self.skip, self.ranks = skip, ranks
+            self.stats = self._new_stats()
 
     def settle(self) -> None:
         self.settled = True
-        self.store.save(self.task, self.skip, self.score)
+        self.store.save(self.task, self.skip, self.ranks)
 
-    def _teacher_forced(self, history: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, int]:
-        n_past = len(self.backend.tokens)  # history[-1] is the pending root, not yet in the cache
-        first = n_past - window  # predict history[first + 1 .. n_past] from history[first .. n_past - 1]
-        return history[first:n_past], history[first + 1:n_past + 1], first
+    def search_window(self) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """The last `window` cached tokens and what the full model makes of each (its argmax, or
+        the sampler's pick): every candidate of this request is scored on the same rows, so
+        two candidates differ by what they skip, not by the text they met. None: too short."""
+        n_past = len(self.backend.tokens)
+        window = min(self.settings.window, n_past - 1)
+        if window < self.settings.min_window:
+            return None
+        first = n_past - window
+        inputs = np.asarray(self.backend.tokens[first:n_past], np.int64)
+        return first, inputs, np.zeros(0, np.int64)  # targets come with the exits' forward
 
-    def match_rate(self, history: np.ndarray, window: int, skip: SkipSet) -> float:
-        inputs, targets, first = self._teacher_forced(history, window)
-        logits = self.backend.run_tree(first, inputs, chain_parents(window), np.arange(1, window + 1),
+    def _guess(self, first: int, window: int):
+        positions = np.arange(first + 1, first + 1 + window)  # row i predicts the token at first + 1 + i
+        return lambda logits: guesses(logits, positions, self.noise, self.settings.ranks)
+
+    def rank_rates(self, skip: SkipSet) -> np.ndarray:
+        """How often the full model's token was the skipped model's first, second, ... guess."""
+        first, inputs, targets = self._window
+        n = len(inputs)
+        logits = self.backend.run_tree(first, inputs, chain_parents(n), np.arange(1, n + 1),
                                        self.backend.scratch_base, skip)
-        return float((logits.argmax(-1).cpu().numpy() == targets).mean())
+        return rank_frequencies(self._guess(first, n)(logits).cpu().numpy(), targets)
 
-    def exit_matches(self, history: np.ndarray, window: int) -> list[tuple[SkipSet, float]]:
-        """DEL: the match rate of exiting after each layer e (layers e.. skipped), one forward."""
-        inputs, targets, first = self._teacher_forced(history, window)
-        n_layer = self.backend.model.args.n_layer
-        exits = self.backend.exit_argmax_tree(first, inputs, chain_parents(window), np.arange(1, window + 1),
-                                              self.backend.scratch_base)
+    def exit_ranks(self) -> list[tuple[SkipSet, np.ndarray]]:
+        """DEL: the rank rates of exiting after each layer e (layers e.. skipped), one forward,
+        whose last exit is the full model: its guesses become the window's targets."""
+        first, inputs, _ = self._window
+        n, n_layer = len(inputs), self.backend.model.args.n_layer
+        exits = self.backend.exit_guesses_tree(first, inputs, chain_parents(n), np.arange(1, n + 1),
+                                               self.backend.scratch_base, self._guess(first, n))
+        targets = exits[-1][:, 0]
+        self._window = (first, inputs, targets)
         return [(SkipSet(frozenset(range(e + 1, n_layer)), frozenset(range(e + 1, n_layer))),
-                 float((exits[e] == targets).mean())) for e in range(n_layer - 1)]
+                 rank_frequencies(exits[e], targets)) for e in range(n_layer - 1)]

@@ -189,7 +189,7 @@ class PolybasicDrafter:
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
         if not self.skipper.settled:  # a search step: a one-off cost, not the chain's
-            self.skipper.optimise(history)
+            self.skipper.optimise()
         start = time.perf_counter()
         tree = self.free.propose(history, budget)  # cheap; its regime picks the estimates
         regime = without_match(tree.source)  # "auto:retrieval" or "auto:recycling"
