@@ -2,7 +2,7 @@
 
 Three chains compete, each a pipeline of verifiers of rising cost:
   free       the model-free tree (recycling + retrieval, `auto`) goes straight to the full model;
-  skip       the layer-skipped model drafts a chain (SWIFT);
+  skip       the layer-skipped model drafts on its own (its planned tree, as `layerskip`);
   free+skip  the skipped model verifies the model-free tree in one cheap tree forward, keeps the
              path it agrees with, extends it from there, and the full model verifies the result
              merged with the rest of the model-free tree.
@@ -171,14 +171,15 @@ class PolybasicDrafter:
         return chain
 
     def could_beat(self, chain: str, speed: float) -> bool:
-        """Whether `chain` could reach `speed` at all. The skipped model's chain cannot beat the
-        speed of max_draft drafts all accepted, at its measured cost per draft level; retrying
-        it where even that is slower only costs steps."""
+        """Whether `chain` could reach `speed` at all. A tree of the skipped model D levels deep
+        yields at most D + 1 tokens for D draft levels at their measured cost and at least a
+        verify of D + 1 rows; retrying it where no depth up to max_draft is faster even so only
+        costs steps."""
         level = self.skipper.level_seconds
         if chain != "skip" or level is None:
             return True
-        n = self.skipper.settings.max_draft
-        return (n + 1) / (n * level + float(self.curve.time(n + 1))) > speed
+        depths = np.arange(1, self.skipper.settings.max_draft + 1)
+        return bool(np.max((depths + 1) / (depths * level + self.curve.time(depths + 1))) > speed)
 
     def speed(self, stats: dict[str, ChainStats], chain: str) -> float:
         """Estimated tokens per second of `chain`; the refined tree's tokens are the model-free
