@@ -175,8 +175,12 @@ class SpeculationBudget:
         return int(np.argmax(gain / seconds))
 
     def trim(self, tree: DraftTree, extra_rows: int = 0) -> DraftTree:
-        """Keep the best number of nodes; `extra_rows` more tokens ride in the same batch."""
+        """Keep the best number of nodes; `extra_rows` more tokens ride in the same batch. A tree
+        its drafter sized (from what it knows of each node, on the same cost curve) stays whole:
+        per-slot rates learn slowly for a drafter that runs now and then, and would cut it."""
         self._steps += 1
+        if tree.sized:
+            return tree
         size = self.best_size(tree.source, len(tree), extra_rows)
         if self.explore_every and self._steps % self.explore_every == 0:
             # now and then look past the current choice, at a price that grows with it

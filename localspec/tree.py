@@ -19,6 +19,7 @@ class DraftTree:
     tokens: np.ndarray  # int32 [n]
     parents: np.ndarray  # int32 [n], -1 = child of the root
     source: str = ""  # which drafter proposed it (for stats)
+    sized: bool = False  # the drafter chose its size against the verify cost curve itself
 
     def __post_init__(self) -> None:
         if self.tokens.shape != self.parents.shape or self.tokens.ndim != 1:
@@ -121,4 +122,4 @@ class DraftTree:
         """The first `max_nodes` nodes; still a valid tree since parents come first."""
         if max_nodes >= len(self):
             return self
-        return DraftTree(self.tokens[:max_nodes], self.parents[:max_nodes], self.source)
+        return DraftTree(self.tokens[:max_nodes], self.parents[:max_nodes], self.source, self.sized)

@@ -410,7 +410,7 @@ class LayerSkipDrafter:
         seconds = (time.perf_counter() - start) / max(int(tree.depths.max(initial=1)), 1)
         self.level_seconds = seconds if self.level_seconds is None else \
             self.level_seconds + 0.2 * (seconds - self.level_seconds)
-        return DraftTree(tree.tokens, tree.parents, self.name)
+        return DraftTree(tree.tokens, tree.parents, self.name, sized=True)
 
     def measured_draft_cost(self) -> float:
         """One draft level in units of a full forward: timed once drafting has run, else estimated."""

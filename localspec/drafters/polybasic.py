@@ -204,7 +204,7 @@ class PolybasicDrafter:
             if chain == "free+skip" and len(tree):
                 free_tree, tree = tree, self.refine(tree, int(history[-1]), budget)
         self._pending = (regime, chain, time.perf_counter() - start, free_tree)
-        return DraftTree(tree.tokens, tree.parents, f"{self.name}:{chain}:{source}")
+        return DraftTree(tree.tokens, tree.parents, f"{self.name}:{chain}:{source}", tree.sized)
 
     def refine(self, tree: DraftTree, root: int, budget: int) -> DraftTree:
         """The skipped model verifies `tree` in one forward (by its guesses: its argmax, or when

@@ -52,6 +52,13 @@ def test_tokens_riding_in_the_batch_count_against_the_tree():
     assert budget.trim(DraftTree.chain([1, 2, 3, 4], "d"), extra_rows=2).tokens.tolist() == [1]
 
 
+def test_a_tree_its_drafter_sized_is_kept_whole():
+    budget = trained(STEEP, [0.6, 0.3, 0.1])  # it would verify none of these nodes
+    tree = DraftTree(np.array([1, 2, 3], np.int32), np.array([-1, -1, 0], np.int32), "d", sized=True)
+    assert len(budget.trim(tree)) == 3 and budget.trim(tree).sized
+    assert len(budget.trim(DraftTree(tree.tokens, tree.parents, "d"))) == 0
+
+
 def test_rates_are_learned_from_verdicts():
     budget = SpeculationBudget(CPU, explore_every=0)
     tree = DraftTree.chain([1, 2, 3, 4])
