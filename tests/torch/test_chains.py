@@ -432,3 +432,14 @@ def test_the_skipped_models_chain_is_not_retried_where_it_could_not_win(torch_ba
     assert ("skip" in chosen) == retried
     assert "free+skip" in chosen  # the refined tree has no such bound and is still retried
 
+
+
+def test_a_shallow_skipped_model_tree_that_could_win_is_still_retried(torch_backend):
+    """On a curve where verifying 9 rows is dear, 8 drafts all accepted (92 tokens/s) cannot
+    beat a model-free chain at 120 tokens/s, but one cheap draft level could (166 tokens/s)."""
+    curve = CostCurve((1, 2, 9), (0.010, 0.011, 0.090))
+    poly = PolybasicDrafter(torch_backend, curve, settings=FAST, explore_every=8)
+    poly.skipper.skip = SkipSet(frozenset(), frozenset({2}))
+    poly.skipper.level_seconds = 0.001
+    best = 1.32 / float(curve.time(2))
+    assert poly.could_beat("skip", best) and not poly.could_beat("skip", 170.0)
