@@ -35,6 +35,7 @@ import torch
 from localspec.backends.torch_backend import TorchBackend, chain_parents
 from localspec.backends.torch_model import FULL, SkipSet
 from localspec.budget import CostCurve, model_fingerprint
+from localspec.drafters.recycling import RankTemplate
 from localspec.paths import cache_dir
 from localspec.sampling import GumbelNoise
 from localspec.tree import DraftTree
@@ -280,16 +281,13 @@ def draft_plan(backend: TorchBackend, skip: SkipSet, root: int, paths: list[tupl
     probability is under `confidence`. Returns the tree and the `ranks` guesses of every node
     that ran (which show, once verified, which rank was right)."""
     n_past = len(backend.tokens)
-    index = {p: i for i, p in enumerate(paths)}
-    parents = np.array([index[p[:-1]] if len(p) > 1 else -1 for p in paths], np.int64)
-    depths = np.array([len(p) for p in paths], np.int64)
-    rank = np.array([p[-1] for p in paths], np.int64)
+    plan = RankTemplate(paths, ranks)
+    parents, depths = plan.parents, plan.depths
     tokens = np.full(len(paths), -1, np.int64)
     sees: dict[int, list[int]] = {-1: [n_past]}  # node -> the slots it attends besides the prefix
     guessed: dict[int, np.ndarray] = {}
     reached = 0
-    for level in range(1, int(depths.max(initial=0)) + 1):
-        children = np.flatnonzero(depths == level)
+    for level, children in enumerate(plan.levels, start=1):
         feed = sorted(set(parents[children].tolist()))
         slots = [n_past + 1 + node for node in feed]
         mask = torch.zeros(len(feed), max(slots) + 1, dtype=torch.bool, device=backend.model.device)
@@ -300,11 +298,9 @@ def draft_plan(backend: TorchBackend, skip: SkipSet, root: int, paths: list[tupl
         logits = backend.run(inputs, [n_past + level - 1] * len(feed), slots, mask, skip)
         top = guesses(logits, [n_past + level] * len(feed), noise, ranks)
         sure = float(torch.softmax(logits, dim=-1).gather(-1, top[:, :1]).max())
-        top = top.cpu().numpy()
-        row_of = {node: row for row, node in enumerate(feed)}
-        for row, node in enumerate(feed):
-            guessed[node] = top[row]
-        tokens[children] = top[[row_of[int(p)] for p in parents[children]], rank[children]]
+        guessed.update(zip(feed, top.cpu().numpy(), strict=True))
+        pairs = zip(parents[children].tolist(), plan.ranks[children].tolist(), strict=True)
+        tokens[children] = [guessed[parent][rank] for parent, rank in pairs]
         for child in children.tolist():
             sees[child] = sees[int(parents[child])] + [n_past + 1 + child]
         reached = level
@@ -345,7 +341,7 @@ class LayerSkipDrafter:
         self.settled = False
         self.stats = self._new_stats()
         self.noise: GumbelNoise | None = None  # the sampler's, for this request
-        self._window: tuple[int, np.ndarray, np.ndarray] | None = None  # see search_window
+        self._window: tuple[int, np.ndarray, np.ndarray] | None = None  # first, tokens, targets
         self._tails = self.mlp_tails()  # candidates outside the search's bits, tried first
         self.evals = 0  # counters, reported by whoever wants them
         self.search_seconds = 0.0
@@ -407,7 +403,7 @@ class LayerSkipDrafter:
         start = time.perf_counter()
         tree, self._guessed = draft_plan(self.backend, self.skip, int(history[-1]), paths, s.ranks,
                                          s.confidence, self.noise)
-        seconds = (time.perf_counter() - start) / max(int(tree.depths.max(initial=1)), 1)
+        seconds = (time.perf_counter() - start) / int(tree.depths.max(initial=1))
         self.level_seconds = seconds if self.level_seconds is None else \
             self.level_seconds + 0.2 * (seconds - self.level_seconds)
         return DraftTree(tree.tokens, tree.parents, self.name, sized=True)
@@ -491,9 +487,11 @@ class LayerSkipDrafter:
         """One search step: first the window and every exit layer, then one candidate a step."""
         start = time.perf_counter()
         if self._window is None:
-            self._window = self.search_window()
-            if self._window is not None:
-                for skip, ranks in self.exit_ranks():  # DEL: every exit layer in one forward
+            window = self.search_window()
+            if window is not None:
+                targets, exits = self.exit_ranks(*window)  # DEL: every exit layer in one forward
+                self._window = (*window, targets)
+                for skip, ranks in exits:
                     self._consider(skip, ranks)
             self.search_seconds += time.perf_counter() - start
             return
@@ -525,17 +523,16 @@ class LayerSkipDrafter:
         self.settled = True
         self.store.save(self.task, self.skip, self.ranks)
 
-    def search_window(self) -> tuple[int, np.ndarray, np.ndarray] | None:
-        """The last `window` cached tokens and what the full model makes of each (its argmax, or
-        the sampler's pick): every candidate of this request is scored on the same rows, so
-        two candidates differ by what they skip, not by the text they met. None: too short."""
+    def search_window(self) -> tuple[int, np.ndarray] | None:
+        """The last `window` cached tokens (first slot, tokens), None when too few. Every
+        candidate of this request is scored on these rows against the full model's guesses
+        there, so two candidates differ by what they skip, not by the text they met."""
         n_past = len(self.backend.tokens)
         window = min(self.settings.window, n_past - 1)
         if window < self.settings.min_window:
             return None
         first = n_past - window
-        inputs = np.asarray(self.backend.tokens[first:n_past], np.int64)
-        return first, inputs, np.zeros(0, np.int64)  # targets come with the exits' forward
+        return first, np.asarray(self.backend.tokens[first:n_past], np.int64)
 
     def _guess(self, first: int, window: int):
         positions = np.arange(first + 1, first + 1 + window)  # row i predicts the token at first + 1 + i
@@ -549,14 +546,13 @@ class LayerSkipDrafter:
                                        self.backend.scratch_base, skip)
         return rank_frequencies(self._guess(first, n)(logits).cpu().numpy(), targets)
 
-    def exit_ranks(self) -> list[tuple[SkipSet, np.ndarray]]:
-        """DEL: the rank rates of exiting after each layer e (layers e.. skipped), one forward,
-        whose last exit is the full model: its guesses become the window's targets."""
-        first, inputs, _ = self._window
+    def exit_ranks(self, first: int, inputs: np.ndarray
+                   ) -> tuple[np.ndarray, list[tuple[SkipSet, np.ndarray]]]:
+        """DEL, in one forward over the window: the full model's guesses (its last exit, the
+        window's targets) and the rank rates of exiting after each layer e (layers e.. skipped)."""
         n, n_layer = len(inputs), self.backend.model.args.n_layer
         exits = self.backend.exit_guesses_tree(first, inputs, chain_parents(n), np.arange(1, n + 1),
                                                self.backend.scratch_base, self._guess(first, n))
         targets = exits[-1][:, 0]
-        self._window = (first, inputs, targets)
-        return [(SkipSet(frozenset(range(e + 1, n_layer)), frozenset(range(e + 1, n_layer))),
-                 rank_frequencies(exits[e], targets)) for e in range(n_layer - 1)]
+        return targets, [(SkipSet(frozenset(range(e + 1, n_layer)), frozenset(range(e + 1, n_layer))),
+                          rank_frequencies(exits[e], targets)) for e in range(n_layer - 1)]
