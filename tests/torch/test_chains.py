@@ -185,11 +185,11 @@ def test_skipper_learns_which_rank_was_right_down_the_accepted_path(torch_backen
 
     skipper = LayerSkipDrafter(torch_backend, CURVE, FAST)
     skipper.stats.rates[:] = 0.25
-    # root guessed [5, 6, 7]: nodes 0 = 5 and 1 = 6; node 0 ran and guessed [8, 9, 4]: node 2 = 9
-    tree = DraftTree(np.array([5, 6, 9], np.int32), np.array([-1, -1, 0], np.int32), "layerskip")
-    skipper._guessed = {-1: np.array([5, 6, 7]), 0: np.array([8, 9, 4])}
-    skipper.record(tree, Verdict([0], [5, 4]))  # 5 accepted, then the target said 4: node 0's rank 2
-    assert skipper.stats.rates[0, 0] > 0.25 and skipper.stats.rates[0, 1] < 0.25
+    # root guessed [5, 6, 7]: nodes 0 = 5 and 1 = 6; node 1 ran and guessed [8, 9, 4]: node 2 = 9
+    tree = DraftTree(np.array([5, 6, 9], np.int32), np.array([-1, -1, 1], np.int32), "layerskip")
+    skipper._guessed = {-1: np.array([5, 6, 7]), 0: np.array([1, 2, 3]), 1: np.array([8, 9, 4])}
+    skipper.record(tree, Verdict([1], [6, 4]))  # 6 accepted, then the target said 4: node 1's rank 2
+    assert skipper.stats.rates[0, 1] > 0.25 and skipper.stats.rates[0, 0] < 0.25
     assert skipper.stats.rates[1, 2] > 0.25 and skipper.stats.rates[1, 1] < 0.25
     assert skipper.stats.seen.tolist()[:3] == [1, 1, 0]  # node 2 never ran: depth 3 learns nothing
     before = skipper.stats.rates[0].copy()
