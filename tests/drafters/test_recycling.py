@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from localspec.drafters.recycling import PAPER_LEVEL_COUNTS, TokenRecyclingDrafter, rank_template
+from localspec.drafters.recycling import (
+    PAPER_LEVEL_COUNTS,
+    ContextRows,
+    TokenRecyclingDrafter,
+    extend_numbers,
+    rank_template,
+    suffix_numbers,
+    top_k,
+)
 from localspec.engine import Engine
 from localspec.generate import generate
 from localspec.sampling import Distribution, GumbelNoise
@@ -17,7 +25,7 @@ V = 50  # vocabulary of the hand-made tests
 K = 8
 
 
-def top_k(row: np.ndarray, k: int) -> list[int]:
+def top_k_of(row: np.ndarray, k: int) -> list[int]:
     return sorted(range(len(row)), key=lambda t: -row[t])[:k]  # slow and obvious on purpose
 
 
@@ -59,15 +67,15 @@ def test_observe_overwrites_each_rows_token_with_its_top_k_in_descending_order(r
     before = drafter.adj.copy()
     drafter.observe(tree, logits, Verdict([0], [7, 12]))
     for row, token in enumerate([3, 7, 9, 11]):
-        assert drafter.adj[token].tolist() == top_k(logits[row], K)
+        assert drafter.adj[token].tolist() == top_k_of(logits[row], K)
         np.testing.assert_array_equal(drafter.logit[token], np.sort(logits[row])[::-1][:K].astype(np.float16))
     untouched = np.setdiff1d(np.arange(V), [3, 7, 9, 11])
     assert np.array_equal(drafter.adj[untouched], before[untouched])
     # the next root is the bonus token, even when no proposal comes in between
     again = rng.standard_normal((1, V)).astype(np.float32)
     drafter.observe(DraftTree.empty(), again, Verdict([], [5]))
-    assert drafter.adj[12].tolist() == top_k(again[0], K)
-    assert drafter.adj[7].tolist() == top_k(logits[1], K)
+    assert drafter.adj[12].tolist() == top_k_of(again[0], K)
+    assert drafter.adj[7].tolist() == top_k_of(logits[1], K)
 
 
 def test_a_token_seen_twice_in_a_batch_keeps_its_last_row(rng):
@@ -77,7 +85,7 @@ def test_a_token_seen_twice_in_a_batch_keeps_its_last_row(rng):
     logits = rng.standard_normal((3, V)).astype(np.float32)
     drafter.observe(tree, logits, Verdict([], [1]))
     assert drafter.adj is not None
-    assert drafter.adj[4].tolist() == top_k(logits[2], K)
+    assert drafter.adj[4].tolist() == top_k_of(logits[2], K)
 
 
 def test_observe_chunks_many_rows(rng):
@@ -89,7 +97,7 @@ def test_observe_chunks_many_rows(rng):
     drafter.observe(tree, logits, Verdict([], [1]))
     assert drafter.adj is not None
     for row, token in enumerate([0, *tokens.tolist()]):
-        assert drafter.adj[token].tolist() == top_k(logits[row], K)
+        assert drafter.adj[token].tolist() == top_k_of(logits[row], K)
 
 
 def test_matrix_is_allocated_from_the_first_logits_when_n_vocab_is_left_out(rng):
@@ -99,7 +107,7 @@ def test_matrix_is_allocated_from_the_first_logits_when_n_vocab_is_left_out(rng)
     logits = rng.standard_normal((1, V)).astype(np.float32)
     drafter.observe(DraftTree.empty(), logits, Verdict([], [2]))
     assert drafter.adj is not None and drafter.adj.shape == (V, K)
-    assert drafter.adj[3].tolist() == top_k(logits[0], K)
+    assert drafter.adj[3].tolist() == top_k_of(logits[0], K)
 
 
 @pytest.mark.parametrize("budget", [1, 2, 5, 8, 13, 40, 79, 80, 200])
@@ -144,6 +152,110 @@ def test_cold_drafter_proposes_nothing_and_begin_seeds_unknown_rows_from_the_pro
     assert drafter.adj[5].tolist() == list(range(10, 18))  # known rows are kept
     tree = drafter.propose(np.array([1, 2]), 80)
     assert tree.tokens.tolist() == [3, 5, 10, 11, 12, 13, 14, 15]  # (0, 0, r) for r < 6
+
+
+@pytest.mark.parametrize("n", [5, 50, 1024, 1025, 8192, 8200])
+@pytest.mark.parametrize("k", [1, 8])
+def test_top_k_matches_a_full_sort(rng, n, k):
+    rows = rng.standard_normal((6, n)).astype(np.float32)
+    if n >= 1024:
+        rows[0, 200:200 + k] += 10.0  # all k largest in one block
+        rows[1, ::n // k][:k] += 10.0  # each in a block of its own
+        rows[2, -k:] += 10.0  # in the last block, which may be partial
+    ids, values = top_k(rows, min(k, n))
+    for row, got, got_values in zip(rows, ids, values, strict=True):
+        assert got.tolist() == top_k_of(row, min(k, n))
+        np.testing.assert_array_equal(got_values, row[got])
+
+
+def test_suffix_numbers_read_the_last_tokens_in_base_n_vocab():
+    contexts = np.array([[4, 7, 9], [-1, 7, 9], [4, -1, 9], [1, 2, -1]])
+    numbers = suffix_numbers(contexts, V)
+    assert numbers.tolist() == [[9, 7 * V + 9, (4 * V + 7) * V + 9],
+                                [9, 7 * V + 9, -1], [9, -1, -1], [-1, -1, -1]]
+    longer = extend_numbers(numbers, np.array([3, 3, 3, 3]), V)
+    appended = np.array([[7, 9, 3], [7, 9, 3], [-1, 9, 3], [2, -1, 3]])
+    assert longer.tolist() == suffix_numbers(appended, V).tolist()
+
+
+def test_context_rows_find_the_longest_context_they_hold():
+    table = ContextRows((2, 3), n_vocab=V, k=K, slots=64)
+    rows = np.arange(5 * K, dtype=np.int32).reshape(5, K)
+
+    def store(contexts, which):
+        table.store(suffix_numbers(np.array(contexts), V), rows[which], rows[which].astype(np.float16))
+
+    def found(contexts):
+        slots = table.find(suffix_numbers(np.array(contexts), V))
+        return [table.adj[s].tolist() if s >= 0 else None for s in slots]
+
+    store([[9, 3, 4]], [0])  # rows for (3, 4) and (9, 3, 4)
+    store([[1, 3, 4]], [1])  # (3, 4) again, and (1, 3, 4)
+    store([[-1, 7, 8]], [2])  # (7, 8) only: the older token is unknown
+    assert found([[9, 3, 4], [1, 3, 4], [5, 3, 4], [5, 7, 8], [3, 4, 5], [4, 3, 5], [-1, -1, 4]]) == [
+        rows[0].tolist(), rows[1].tolist(), rows[1].tolist(), rows[2].tolist(), None, None, None]
+
+    tiny = ContextRows((2,), n_vocab=V, k=K, slots=1)  # every context hashes to one slot
+    tiny.store(suffix_numbers(np.array([[3, 4]]), V), rows[:1], rows[:1].astype(np.float16))
+    tiny.store(suffix_numbers(np.array([[7, 8]]), V), rows[1:2], rows[1:2].astype(np.float16))
+    assert tiny.find(suffix_numbers(np.array([[3, 4], [7, 8]]), V)).tolist() == [-1, 0]  # evicted
+    with pytest.raises(ValueError):
+        ContextRows((2,), n_vocab=V, k=K, slots=48)
+    with pytest.raises(ValueError):
+        ContextRows((1, 2), n_vocab=V, k=K)
+
+
+def test_nodes_draft_from_the_longest_context_that_has_a_row(rng):
+    drafter = filled_drafter(rng)
+    after_2_5 = np.arange(20, 28, dtype=np.int32)
+    after_9_2_5 = np.arange(30, 38, dtype=np.int32)
+    after_5_20 = np.arange(40, 48, dtype=np.int32)
+    assert drafter.contexts is not None and drafter.contexts.orders == (2, 3)
+    # (9, 2, 5) also stores (2, 5), which the next row then takes over
+    for context, row in (([9, 2, 5], after_9_2_5), ([-1, 2, 5], after_2_5), ([-1, 5, 20], after_5_20)):
+        numbers = suffix_numbers(np.array([context]), V)
+        drafter.contexts.store(numbers, row[None], row[None].astype(np.float16))
+
+    first_level = drafter.template.levels[0]
+    tree = drafter.propose(np.array([1, 9, 2, 5]), 80)
+    assert tree.tokens[first_level].tolist() == after_9_2_5.tolist()  # the 3-token context wins
+    tree = drafter.propose(np.array([1, 4, 2, 5]), 80)
+    assert tree.tokens[first_level].tolist() == after_2_5.tolist()  # backs off to 2 tokens
+    node = int(first_level[0])  # the root's first guess after (2, 5): token 20
+    children = np.flatnonzero(tree.parents == node)
+    assert tree.tokens[children].tolist() == after_5_20[:len(children)].tolist()  # after (5, 20)
+    tree = drafter.propose(np.array([1, 4, 3, 5]), 80)
+    assert tree.tokens[first_level].tolist() == drafter.adj[5].tolist()  # the token's own row
+    plain = TokenRecyclingDrafter(V, context_orders=())
+    plain.adopt(drafter)
+    assert plain.contexts is None
+    assert plain.propose(np.array([1, 9, 2, 5]), 80).tokens[first_level].tolist() == drafter.adj[5].tolist()
+    same = TokenRecyclingDrafter(V)
+    same.adopt(drafter)
+    assert same.propose(np.array([1, 9, 2, 5]), 80).tokens[first_level].tolist() == after_9_2_5.tolist()
+
+
+def test_observe_learns_each_rows_context(rng):
+    drafter = TokenRecyclingDrafter(V)
+    drafter.begin(np.array([6, 1, 2, 3]))  # root = 3 after (1, 2)
+    tree = DraftTree(np.array([7, 9, 11], np.int32), np.array([-1, 0, -1], np.int32))
+    logits = rng.standard_normal((4, V)).astype(np.float32)
+    drafter.observe(tree, logits, Verdict([0, 1], [7, 9, 12]))
+    table = drafter.contexts
+    assert table is not None
+
+    def row_of(context):
+        slot = table.find(suffix_numbers(np.array([context]), V))[0]
+        return table.adj[slot].tolist() if slot >= 0 else None
+
+    for context, row in {(1, 2, 3): 0, (2, 3, 7): 1, (3, 7, 9): 2, (2, 3, 11): 3}.items():  # each row's path
+        assert row_of(context) == row_of((-1, *context[1:])) == top_k_of(logits[row], K)
+    assert row_of((1, 3, 7)) == row_of((2, 3, 7))  # only (3, 7) is known there
+    assert row_of((-1, 1, 3)) is None
+    # the tail moves on with the verdict: the next root, 12, follows (7, 9)
+    again = rng.standard_normal((1, V)).astype(np.float32)
+    drafter.observe(DraftTree.empty(), again, Verdict([], [5]))
+    assert row_of((7, 9, 12)) == top_k_of(again[0], K)
 
 
 def test_paper_template_has_80_nodes_in_six_levels_parents_first():
