@@ -5,9 +5,16 @@ The fused tree's source names the regime and the match length ("auto:recycling:2
 "auto:retrieval:8"), so the budget learns acceptance for each apart: a chain copied after a
 16-token match is accepted far more often than one after a 5-token match. Recycling observes
 every verified row, whoever drafted it.
+
+Proposals are sized by what gets verified: where the engine's budget has kept few nodes of
+recent trees of a source (on a CPU, often one or two), drafting sixteen only costs time, so
+auto drafts twice the most it kept of the last few, plus two (the budget looks that far past
+its choice now and then).
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 import numpy as np
 
@@ -19,6 +26,7 @@ from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
 MATCH_BUCKETS = (0, 1, 2, 3, 4, 5, 8, 16)  # a source label per bucket: 5 = 5 to 7, and so on
+SIZES_KEPT = 16  # verified tree sizes remembered per source
 
 
 def match_bucket(match_length: int) -> int:
@@ -33,6 +41,7 @@ class AutoDrafter:
         self.retrieval = SuffixAutomatonDrafter()
         self.recycling = TokenRecyclingDrafter()
         self.extra = list(extra or [])  # e.g. a DatastoreDrafter from `--index`
+        self.verified: dict[str, deque[int]] = {}  # source -> nodes verified of its last trees
 
     def begin(self, prompt: np.ndarray, noise: GumbelNoise | None = None) -> None:
         for drafter in (self.retrieval, self.recycling, *self.extra):
@@ -40,15 +49,20 @@ class AutoDrafter:
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
         retrieved = self.retrieval.propose(history, budget)
-        recycled = self.recycling.propose(history, budget)
-        extras = [d.propose(history, budget) for d in self.extra]
         match = self.retrieval.match_length
-        if match >= self.min_match and len(retrieved):
-            ordered, regime = [retrieved, *extras, recycled], "retrieval"
-        else:
-            ordered, regime = [recycled, *extras, retrieved], "recycling"
+        regime = "retrieval" if match >= self.min_match and len(retrieved) else "recycling"
         source = with_match(f"auto:{regime}", match_bucket(match))
-        return DraftTree.merge([t for t in ordered if len(t)], source).truncated(budget)
+        size = self.proposal_size(source, budget)
+        recycled = self.recycling.propose(history, size)
+        extras = [d.propose(history, size) for d in self.extra]
+        ordered = [retrieved, *extras, recycled] if regime == "retrieval" else [recycled, *extras, retrieved]
+        return DraftTree.merge([t for t in ordered if len(t)], source).truncated(size)
+
+    def proposal_size(self, source: str, budget: int) -> int:
+        """Nodes worth drafting for `source`: the whole budget until trees of it were verified."""
+        kept = self.verified.get(source)
+        return min(budget, 2 * max(kept) + 2) if kept else budget
 
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
         self.recycling.observe(tree, logits, verdict)
+        self.verified.setdefault(tree.source, deque(maxlen=SIZES_KEPT)).append(len(tree))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from localspec.drafters.auto import AutoDrafter
+from localspec.drafters.recycling import TokenRecyclingDrafter
 from localspec.engine import Engine
 from localspec.generate import generate
 from localspec.settings import GenerationSettings
+from localspec.verify import Verdict
 
 
 def test_long_match_puts_the_retrieval_chain_first():
@@ -33,3 +35,21 @@ def test_auto_is_lossless_and_accepts_on_loops(loopy_backend, tiny_backend):
         auto = generate(Engine(backend), prompt, GenerationSettings(max_tokens=60, drafter="auto"))
         assert auto.tokens == plain.tokens
     assert auto.stats.mean_accepted > 1.5
+
+
+def test_proposals_shrink_to_what_the_budget_verified(rng):
+    drafter = AutoDrafter()
+    drafter.recycling = TokenRecyclingDrafter(50)
+    history = np.array([7, 3], np.int32)
+    drafter.begin(history)
+    drafter.recycling.adj[:] = np.stack([rng.permutation(50)[:8] for _ in range(50)])
+    logits = rng.standard_normal((2, 50)).astype(np.float32)
+    first = drafter.propose(history, 16)
+    assert first.source == "auto:recycling:0" and len(first) == 16  # nothing verified yet
+    drafter.observe(first.truncated(1), logits, Verdict([], [3]))  # the budget kept one node
+    assert len(drafter.propose(history, 16)) == 4  # twice that, plus two
+    drafter.observe(first.truncated(0), logits[:1], Verdict([], [3]))
+    assert len(drafter.propose(history, 16)) == 4  # the most of the recent trees counts
+    assert len(drafter.propose(history, 3)) == 3  # never more than the engine's budget
+    drafter.observe(first.truncated(7), np.zeros((8, 50), np.float32), Verdict([], [3]))
+    assert len(drafter.propose(history, 20)) == 16
