@@ -137,16 +137,17 @@ class AcceptanceStats:
         self.seen[:n] += 1
         self.draft_seconds += self.alpha * (draft_seconds - self.draft_seconds)
 
-    def expected(self) -> np.ndarray:
-        """Each slot's expected acceptance: learnt where verified, extrapolated past that."""
-        n_seen = int(np.count_nonzero(self.seen))  # slots are verified as prefixes: [0, n_seen)
-        if n_seen == 0 or n_seen == self.slots:
-            return self.rates
+    def expected(self, n: int | None = None) -> np.ndarray:
+        """The first n slots' expected acceptance: learnt where verified, extrapolated past that."""
+        n = self.slots if n is None else min(n, self.slots)
+        n_seen = int(np.count_nonzero(self.seen[:n + 1]))  # slots are verified as prefixes
+        if n_seen == 0 or n_seen >= n:
+            return self.rates[:n]
         last = self.rates[n_seen - 1]
         before = self.rates[n_seen - 2] if n_seen >= 2 else 1.0
         ratio = min(last / before, 1.0) if before > 0 else 0.0
-        out = self.rates.copy()
-        out[n_seen:] = last * ratio ** np.arange(1, self.slots - n_seen + 1)
+        out = self.rates[:n].copy()
+        out[n_seen:] = last * ratio ** np.arange(1, n - n_seen + 1)
         return out
 
 
@@ -169,7 +170,7 @@ class SpeculationBudget:
         """argmax over n in [0, available] of expected tokens / expected seconds."""
         stats = self._stats(source)
         n_max = min(available, self.max_nodes, stats.slots)
-        gain = 1.0 + np.concatenate([[0.0], np.cumsum(stats.expected()[:n_max])])
+        gain = 1.0 + np.concatenate([[0.0], np.cumsum(stats.expected(n_max))])
         costs = self.curve.time(np.arange(1 + extra_rows, n_max + 2 + extra_rows))  # t(extra + 1 + n)
         seconds = costs + np.where(np.arange(n_max + 1) > 0, stats.draft_seconds, 0.0)
         return int(np.argmax(gain / seconds))
@@ -179,7 +180,7 @@ class SpeculationBudget:
         its drafter sized (from what it knows of each node, on the same cost curve) stays whole:
         per-slot rates learn slowly for a drafter that runs now and then, and would cut it."""
         self._steps += 1
-        if tree.sized:
+        if tree.sized or not len(tree):
             return tree
         size = self.best_size(tree.source, len(tree), extra_rows)
         if self.explore_every and self._steps % self.explore_every == 0:
