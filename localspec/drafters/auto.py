@@ -50,8 +50,11 @@ class AutoDrafter:
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
         retrieved = self.retrieval.propose(history, budget)
         match = self.retrieval.match_length
-        regime = "retrieval" if match >= self.min_match and len(retrieved) else "recycling"
-        source = with_match(f"auto:{regime}", match_bucket(match))
+        if match >= self.min_match and len(retrieved):
+            regime, source = "retrieval", with_match("auto:retrieval", match_bucket(match))
+        else:  # the recycling tree's value depends on the context its first row was learnt in
+            regime = "recycling"
+            source = with_match("auto:recycling", match_bucket(match), self.recycling.root_context(history))
         size = self.proposal_size(source, budget)
         recycled = self.recycling.propose(history, size)
         extras = [d.propose(history, size) for d in self.extra]

@@ -5,6 +5,7 @@ Drafters never touch the target's KV cache; the engine owns batches and trimming
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 import numpy as np
@@ -13,17 +14,20 @@ from localspec.sampling import GumbelNoise
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
+_MATCH = re.compile(r"\d+(c\d+)?")
 
-def with_match(label: str, match_length: int) -> str:
-    """A draft's source naming the length of the context match it came from ("retrieval:4"):
-    the budget learns acceptance per source, and a long match's draft deserves more nodes."""
-    return f"{label}:{match_length}"
+
+def with_match(label: str, match_length: int, context_length: int | None = None) -> str:
+    """A draft's source naming the length of the context match it came from ("retrieval:4"),
+    and for recycling the length of the context whose row drafted it ("recycling:2c3"): the
+    budget learns acceptance per source, and a draft from more context deserves more nodes."""
+    return f"{label}:{match_length}" + ("" if context_length is None else f"c{context_length}")
 
 
 def without_match(source: str) -> str:
-    """The source without its match length: "auto:recycling:2" -> "auto:recycling"."""
+    """The source without its match length: "auto:recycling:2c3" -> "auto:recycling"."""
     head, _, tail = source.rpartition(":")
-    return head if head and tail.isdigit() else source
+    return head if head and _MATCH.fullmatch(tail) else source
 
 
 class Drafter(Protocol):

@@ -185,13 +185,22 @@ class ContextRows:
     def _slots(self, keys: np.ndarray) -> np.ndarray:
         return ((np.maximum(keys, 0).astype(np.uint64) * _GOLDEN) >> self.shift).astype(np.int64)
 
-    def find(self, numbers: np.ndarray) -> np.ndarray:
-        """The slot holding the row of each context's longest suffix that has one, -1 where none."""
+    def _held(self, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slots of each context's suffixes of every length, and whether each holds its row."""
         keys = self._keys(numbers)
         slots = self._slots(keys)
-        held = (keys >= 0) & (self.keys[slots] == keys)
+        return slots, (keys >= 0) & (self.keys[slots] == keys)
+
+    def find(self, numbers: np.ndarray) -> np.ndarray:
+        """The slot holding the row of each context's longest suffix that has one, -1 where none."""
+        slots, held = self._held(numbers)
         longest = held.shape[1] - 1 - np.argmax(held[:, ::-1], axis=1)
         return np.where(held.any(axis=1), slots[np.arange(len(slots)), longest], -1)
+
+    def found_lengths(self, numbers: np.ndarray) -> np.ndarray:
+        """The length of each context's longest suffix that has a row, 0 where none."""
+        _, held = self._held(numbers)
+        return np.max(np.where(held, np.asarray(self.orders), 0), axis=1)
 
     def store(self, numbers: np.ndarray, adj: np.ndarray, logit: np.ndarray) -> None:
         """Rows for every length of each context; a later context wins a slot they share."""
@@ -320,6 +329,19 @@ class TokenRecyclingDrafter:
         parents = t.parents[:n][keep]
         parents = np.where(parents >= 0, new_index[np.maximum(parents, 0)], -1).astype(np.int32)
         return DraftTree(toks[keep], parents, self.name)
+
+    def root_context(self, history: np.ndarray) -> int:
+        """The length of the context whose row a proposal after `history` drafts from: one of
+        context_orders, 1 for the last token's own row, 0 when nothing is known after it."""
+        root = int(history[-1]) if len(history) else -1
+        if self.adj is None or not 0 <= root < self.adj.shape[0] or self.adj[root, 0] < 0:
+            return 0
+        if self.contexts is None:
+            return 1
+        tail = np.full(self.contexts.width, -1, np.int64)
+        last = np.asarray(history[-len(tail):], np.int64)
+        tail[len(tail) - len(last):] = last
+        return int(self.contexts.found_lengths(suffix_numbers(tail[None], self.adj.shape[0]))[0]) or 1
 
     def ranked(self, contexts: np.ndarray, position: int) -> np.ndarray:
         """The successors after each context, best guess first, for the token at `position`: by
