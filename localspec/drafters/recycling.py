@@ -51,6 +51,7 @@ def top_k(rows: np.ndarray, k: int, width: int = TOP_K_WIDTH) -> tuple[np.ndarra
     rest of a step's drafting. Each of the k largest lies in a block of `width` whose maximum is
     among the k largest block maxima, so only those k blocks are searched."""
     n_rows, n = rows.shape
+    line = np.arange(n_rows)[:, None]
     if n <= width * k:
         candidates = np.broadcast_to(np.arange(n), (n_rows, n))
     else:
@@ -60,11 +61,11 @@ def top_k(rows: np.ndarray, k: int, width: int = TOP_K_WIDTH) -> tuple[np.ndarra
         maxima = rows.reshape(n_rows, -1, width).max(axis=2)
         blocks = np.argpartition(maxima, maxima.shape[1] - k, axis=1)[:, -k:]
         candidates = (blocks[:, :, None] * width + np.arange(width)).reshape(n_rows, -1)
-    values = np.take_along_axis(rows, candidates, axis=1)
+    values = rows[line, candidates]
     best = np.argpartition(values, values.shape[1] - k, axis=1)[:, -k:]
-    ids, values = np.take_along_axis(candidates, best, axis=1), np.take_along_axis(values, best, axis=1)
+    ids, values = candidates[line, best], values[line, best]
     order = np.argsort(-values, axis=1, kind="stable")
-    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(values, order, axis=1)
+    return ids[line, order], values[line, order]
 
 
 def rank_prior(rank: int) -> float:
@@ -183,7 +184,8 @@ class ContextRows:
         return np.where(raw >= 0, raw + self.tags, -1)
 
     def _slots(self, keys: np.ndarray) -> np.ndarray:
-        return ((np.maximum(keys, 0).astype(np.uint64) * _GOLDEN) >> self.shift).astype(np.int64)
+        """Fibonacci hashing of contiguous int64 keys (an unknown key's slot is never trusted)."""
+        return ((keys.view(np.uint64) * _GOLDEN) >> self.shift).view(np.int64)
 
     def _held(self, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Slots of each context's suffixes of every length, and whether each holds its row."""
@@ -353,9 +355,9 @@ class TokenRecyclingDrafter:
         successors, logit = self.adj[last], self.logit[last]
         if self.contexts is not None and numbers.shape[1] >= self.contexts.width:
             slots = self.contexts.find(numbers)
-            found = slots >= 0
-            successors[found] = self.contexts.adj[slots[found]]
-            logit[found] = self.contexts.logit[slots[found]]
+            found = (slots >= 0)[:, None]
+            successors = np.where(found, self.contexts.adj[slots], successors)
+            logit = np.where(found, self.contexts.logit[slots], logit)
         if self._noise is None:
             return successors
         scores = self._noise.perturbed(logit.astype(np.float64), position, np.maximum(successors, 0))
