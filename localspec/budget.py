@@ -10,6 +10,7 @@ budget keeps the n (0 = plain decoding) maximising that over t(n + 1) + drafting
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -162,8 +163,13 @@ class SpeculationBudget:
         self._steps = 0
 
     def _stats(self, source: str) -> AcceptanceStats:
+        """A source met for the first time starts from what its family has learnt (the source
+        up to its last ':' qualifier: "auto:recycling" for "auto:recycling:2c3"), not from the
+        prior: drafters label trees finely, and each label learning from scratch would verify
+        too few nodes of a good drafter for its first several steps."""
         if source not in self.stats:
-            self.stats[source] = AcceptanceStats()
+            family = self.stats.get(f"{source.rpartition(':')[0]}:*")
+            self.stats[source] = copy.deepcopy(family) if family is not None else AcceptanceStats()
         return self.stats[source]
 
     def best_size(self, source: str, available: int, extra_rows: int = 0) -> int:
@@ -191,3 +197,6 @@ class SpeculationBudget:
     def observe(self, tree: DraftTree, verdict: Verdict, draft_seconds: float) -> None:
         if len(tree):
             self._stats(tree.source).update(tree, verdict, draft_seconds)
+            head, _, _ = tree.source.rpartition(":")
+            if head:  # the family's stats, kept under "family:*" to seed its new labels
+                self.stats.setdefault(f"{head}:*", AcceptanceStats()).update(tree, verdict, draft_seconds)

@@ -115,3 +115,15 @@ def test_budgeted_engine_stays_lossless(loopy_backend):
                     GenerationSettings(max_tokens=80, drafter="lookup"))
     assert spec.tokens == plain.tokens
     assert budget.stats["lookup:3"].rates[0] > 0.5  # long matches were right often on a loop
+
+
+def test_a_new_label_starts_from_what_its_family_learnt():
+    gentle = CostCurve((1, 64), (0.010, 0.042))
+    budget = SpeculationBudget(gentle, explore_every=0)
+    chain = DraftTree.chain([1, 2, 3, 4, 5, 6], "auto:recycling:0c3")
+    for _ in range(20):  # accepted whole, every time
+        budget.observe(chain, Verdict(list(range(6)), [1, 2, 3, 4, 5, 6, 7]), 0.0)
+    fresh = SpeculationBudget(gentle, explore_every=0).best_size("auto:recycling:1c2", 16)
+    assert budget.best_size("auto:recycling:1c2", 16) == 16 > fresh  # a sibling label, seeded
+    assert budget.best_size("lookup:1", 16) == fresh  # another family starts from the prior
+    assert budget.best_size("recycling", 16) == fresh  # a label with no family too
