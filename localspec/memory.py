@@ -23,7 +23,7 @@ from pathlib import Path
 import gguf
 from gguf.constants import GGML_QUANT_SIZES
 
-from localspec.drafters.recycling import OBSERVE_CHUNK_ROWS, RECYCLING_K
+from localspec.drafters.recycling import CONTEXT_SLOTS, OBSERVE_CHUNK_ROWS, RECYCLING_K
 from localspec.errors import ModelFileError
 from localspec.paths import cache_dir
 from localspec.settings import BackendSettings
@@ -181,7 +181,10 @@ def drafter_bytes(drafter: str, model: ModelMemory, n_ctx: int) -> int:
     if "automaton" in parts:
         total += n_ctx * AUTOMATON_BYTES_PER_TOKEN
     if "recycling" in parts:
-        total += model.n_vocab * RECYCLING_K * 4 + OBSERVE_CHUNK_ROWS * model.n_vocab * 8  # + top-k block
+        # ids (int32) and logits (float16) per token and per context slot (+ its int64 key),
+        # and the top-k work on a chunk of rows
+        total += ((model.n_vocab * RECYCLING_K * 6) + CONTEXT_SLOTS * (8 + RECYCLING_K * 6)
+                  + OBSERVE_CHUNK_ROWS * model.n_vocab * 8)
     return total
 
 

@@ -1,10 +1,12 @@
 """The default drafter: retrieval when the context has a long match, Token Recycling otherwise,
 fused into one tree (RASD-style longest-prefix merge) so the verifier checks both at once.
 
-The fused tree's source names the regime and the match length ("auto:recycling:2",
-"auto:retrieval:8"), so the budget learns acceptance for each apart: a chain copied after a
-16-token match is accepted far more often than one after a 5-token match. Recycling observes
-every verified row, whoever drafted it.
+The fused tree's source names the regime and the match length ("auto:retrieval:8"), and for
+recycling trees the length of the context whose row drafted the root's children
+("auto:recycling:2c3"), so the budget learns acceptance for each apart: a chain copied after a
+16-token match is accepted far more often than one after a 5-token match, and a guess learnt
+after the same three tokens more often than one learnt after the same token. Recycling
+observes every verified row, whoever drafted it.
 
 Proposals are sized by what gets verified: where the engine's budget has kept few nodes of
 recent trees of a source (on a CPU, often one or two), drafting sixteen only costs time, so

@@ -55,7 +55,9 @@ def test_memory_does_not_grow_with_rejected_drafts(tiny_model):
                 rejected += stats.draft_tokens - stats.accepted_tokens
         after = proc.memory_info().rss
         assert rejected > 2000  # many rejected draft tokens
-        assert backend.kv_pos_max(0) == len(backend.tokens) - 1  # nothing left of the branches
+        # nothing left of the branches: the cache holds the committed tokens it has KV for (an
+        # accepted node that was not right behind the root waits for the next batch)
+        assert backend.kv_pos_max(0) == backend.n_cached - 1 >= len(backend.tokens) - 1 - 16
         assert all(backend.kv_pos_max(seq) < 0 for seq in range(1, backend.max_tree_paths))
         assert after - before < 4 << 20
     finally:
