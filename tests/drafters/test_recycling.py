@@ -305,6 +305,8 @@ def test_matrix_persists_across_requests_and_fits_in_2_mb(rng, tmp_path):
     big = TokenRecyclingDrafter(32000)
     assert big.adj is not None and big.adj.dtype == np.int32
     assert big.nbytes <= 2 * 1024 * 1024
+    assert big.context_nbytes <= 4 * 1024 * 1024  # the context rows do not grow with the vocabulary
+    assert TokenRecyclingDrafter(32000, context_orders=()).context_nbytes == 0
 
 
 def test_a_matrix_saved_without_logits_loads_with_the_models_ranking_kept(rng, tmp_path):
