@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from localspec.drafters.base import without_match
 from localspec.paths import cache_dir
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
@@ -164,11 +165,11 @@ class SpeculationBudget:
 
     def _stats(self, source: str) -> AcceptanceStats:
         """A source met for the first time starts from what its family has learnt (the source
-        up to its last ':' qualifier: "auto:recycling" for "auto:recycling:2c3"), not from the
+        without its match qualifier: "auto:recycling" for "auto:recycling:2c3"), not from the
         prior: drafters label trees finely, and each label learning from scratch would verify
         too few nodes of a good drafter for its first several steps."""
         if source not in self.stats:
-            family = self.stats.get(f"{source.rpartition(':')[0]}:*")
+            family = self.stats.get(f"{without_match(source)}:*")
             self.stats[source] = copy.deepcopy(family) if family is not None else AcceptanceStats()
         return self.stats[source]
 
@@ -197,6 +198,6 @@ class SpeculationBudget:
     def observe(self, tree: DraftTree, verdict: Verdict, draft_seconds: float) -> None:
         if len(tree):
             self._stats(tree.source).update(tree, verdict, draft_seconds)
-            head, _, _ = tree.source.rpartition(":")
-            if head:  # the family's stats, kept under "family:*" to seed its new labels
-                self.stats.setdefault(f"{head}:*", AcceptanceStats()).update(tree, verdict, draft_seconds)
+            family = without_match(tree.source)
+            if family != tree.source:  # the family's stats, kept under "family:*" to seed its new labels
+                self.stats.setdefault(f"{family}:*", AcceptanceStats()).update(tree, verdict, draft_seconds)

@@ -290,8 +290,7 @@ class TokenRecyclingDrafter:
 
     def begin(self, prompt: np.ndarray, noise: GumbelNoise | None = None) -> None:
         """Keep what was learnt; seed rank 0 of still-unknown tokens with their prompt successor."""
-        self._tail[:] = -1
-        self._extend_tail(np.asarray(prompt, np.int64))
+        self._tail = self._tail_of(prompt)
         self._noise = noise
         if self.adj is None or len(prompt) < 2:
             return
@@ -299,13 +298,16 @@ class TokenRecyclingDrafter:
         unknown = self.adj[prev, 0] < 0
         self.adj[prev[unknown], 0] = nxt[unknown]
 
-    def _extend_tail(self, tokens: np.ndarray) -> None:
-        self._tail = np.concatenate([self._tail, tokens])[-len(self._tail):]
+    def _tail_of(self, tokens: np.ndarray) -> np.ndarray:
+        """The last len(self._tail) of `tokens`, padded in front with -1 (unknown)."""
+        tail = np.full(len(self._tail), -1, np.int64)
+        last = np.asarray(tokens[max(len(tokens) - len(tail), 0):], np.int64)
+        tail[len(tail) - len(last):] = last
+        return tail
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
         """The first `budget` template nodes, each filled by one gather per level; unknowns pruned."""
-        self._tail[:] = -1
-        self._extend_tail(np.asarray(history[-len(self._tail):], np.int64))
+        self._tail = self._tail_of(history)
         n = min(budget, len(self.template))
         if self.adj is None or n <= 0:
             return DraftTree.empty(self.name)
@@ -340,10 +342,8 @@ class TokenRecyclingDrafter:
             return 0
         if self.contexts is None:
             return 1
-        tail = np.full(self.contexts.width, -1, np.int64)
-        last = np.asarray(history[-len(tail):], np.int64)
-        tail[len(tail) - len(last):] = last
-        return int(self.contexts.found_lengths(suffix_numbers(tail[None], self.adj.shape[0]))[0]) or 1
+        numbers = suffix_numbers(self._tail_of(history)[None], self.adj.shape[0])
+        return int(self.contexts.found_lengths(numbers)[0]) or 1
 
     def ranked(self, contexts: np.ndarray, position: int) -> np.ndarray:
         """The successors after each context, best guess first, for the token at `position`: by
@@ -378,7 +378,8 @@ class TokenRecyclingDrafter:
         contexts = context_tokens(tokens, up, np.arange(m - 1, m + len(tree)), m)
         first = 0 if 0 <= self._tail[-1] < n_vocab else 1
         self.learn(contexts[first:, -1], logits[first:rows], suffix_numbers(contexts[first:], n_vocab))
-        self._extend_tail(np.asarray(verdict.tokens, np.int64))  # ends with the next pending token
+        # the tail now ends with the next pending token
+        self._tail = self._tail_of(np.concatenate([self._tail, np.asarray(verdict.tokens, np.int64)]))
 
     def learn(self, tokens: np.ndarray, logits: np.ndarray, contexts: np.ndarray | None = None) -> None:
         """Overwrite the row of each token with the top-k of its logits row (one row per token),
