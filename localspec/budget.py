@@ -6,6 +6,9 @@ is learned online per node slot (node i of its proposals, in proposal order): q_
 which node i ends up on the accepted path. Since accepted nodes form one path, the expected
 tokens from the first n nodes is 1 + sum(q_0..q_{n-1}) (the 1 is the bonus token), and the
 budget keeps the n (0 = plain decoding) maximising that over t(n + 1) + drafting time.
+
+The curve is measured after a short context, so real verify calls can cost more: each step's
+measured time corrects t(n) online, as a ratio learnt per curve size (`VerifyTimes`).
 """
 
 from __future__ import annotations
@@ -107,6 +110,51 @@ def cached_cost_curve(backend, model_path: str | Path, device: str, threads: int
 
 
 @dataclass
+class VerifyTimes:
+    """The cost curve corrected by what verify calls really took, learnt online.
+
+    The curve is timed after a 64-token context with the decode alone; real steps run after
+    hundreds of tokens and add the call's own Python and logits copy. Each step's time moves
+    the log-ratio real / curve at the curve sizes around its row count (by interpolation
+    weight); sizes never seen take the ratio of the nearest seen ones.
+    """
+
+    curve: CostCurve
+    alpha: float = 0.05
+    log_ratios: np.ndarray = field(init=False)
+    seen: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_ratios = np.zeros(len(self.curve.sizes))
+        self.seen = np.zeros(len(self.curve.sizes), np.int64)
+
+    def update(self, rows: int, seconds: float) -> None:
+        sizes = np.asarray(self.curve.sizes, float)
+        predicted = float(self.curve.time(rows))
+        if predicted <= 0 or seconds <= 0:
+            return
+        target = float(np.log(seconds / predicted))
+        hi = int(np.clip(np.searchsorted(sizes, rows), 1, len(sizes) - 1)) if len(sizes) > 1 else 0
+        lo = max(hi - 1, 0)
+        w_hi = float(np.clip((rows - sizes[lo]) / (sizes[hi] - sizes[lo]), 0.0, 1.0)) if hi > lo else 1.0
+        for i, w in ((lo, 1.0 - w_hi), (hi, w_hi)):
+            if w > 0:
+                step = w * max(self.alpha, 1.0 / (self.seen[i] + 1))
+                # one step moves the estimate by a factor e at most: a pause of the whole
+                # process (GC, another program) must not teach a 10x cost
+                self.log_ratios[i] += step * np.clip(target - self.log_ratios[i], -1.0, 1.0)
+                self.seen[i] += 1
+
+    def time(self, n: np.ndarray | int) -> np.ndarray:
+        base = self.curve.time(n)
+        seen = self.seen > 0
+        if not seen.any():
+            return base
+        sizes = np.asarray(self.curve.sizes, float)
+        return base * np.exp(np.interp(np.asarray(n, float), sizes[seen], self.log_ratios[seen]))
+
+
+@dataclass
 class AcceptanceStats:
     """Online acceptance rate per node slot for one drafter.
 
@@ -158,6 +206,7 @@ class SpeculationBudget:
 
     def __init__(self, curve: CostCurve, max_nodes: int = 64, explore_every: int = 16) -> None:
         self.curve = curve
+        self.verify_times = VerifyTimes(curve)
         self.max_nodes = max_nodes
         self.explore_every = explore_every
         self.stats: dict[str, AcceptanceStats] = {}
@@ -178,7 +227,7 @@ class SpeculationBudget:
         stats = self._stats(source)
         n_max = min(available, self.max_nodes, stats.slots)
         gain = 1.0 + np.concatenate([[0.0], np.cumsum(stats.expected(n_max))])
-        costs = self.curve.time(np.arange(1 + extra_rows, n_max + 2 + extra_rows))  # t(extra + 1 + n)
+        costs = self.verify_times.time(np.arange(1 + extra_rows, n_max + 2 + extra_rows))  # t(extra + 1 + n)
         seconds = costs + np.where(np.arange(n_max + 1) > 0, stats.draft_seconds, 0.0)
         return int(np.argmax(gain / seconds))
 
@@ -195,7 +244,12 @@ class SpeculationBudget:
             size = min(2 * size + 2, self.max_nodes)
         return tree.truncated(size)
 
-    def observe(self, tree: DraftTree, verdict: Verdict, draft_seconds: float) -> None:
+    def observe(self, tree: DraftTree, verdict: Verdict, draft_seconds: float,
+                rows: int = 0, verify_seconds: float = 0.0) -> None:
+        """Learn from one step: its tree's acceptance and, given `rows` (the tokens the verify
+        decode ran) and its time, what verifying really costs."""
+        if rows > 0:
+            self.verify_times.update(rows, verify_seconds)
         if len(tree):
             self._stats(tree.source).update(tree, verdict, draft_seconds)
             family = without_match(tree.source)

@@ -137,12 +137,15 @@ class Engine:
                 draft_seconds = time.perf_counter() - start
                 if self.budget is not None:
                     tree = self.budget.trim(tree, extra_rows=len(backend.tokens) - backend.n_cached)
+            rows = len(backend.tokens) - backend.n_cached + 1 + len(tree)  # the decode's batch
+            start = time.perf_counter()
             logits = backend.verify(root, tree)
+            verify_seconds = time.perf_counter() - start
             verdict = judge(tree, logits, history[:n_hist], settings.sampling, noise)
             drafter.observe(tree, logits, verdict)
             backend.commit(root, tree, verdict.accepted)
             if self.budget is not None:
-                self.budget.observe(tree, verdict, draft_seconds)
+                self.budget.observe(tree, verdict, draft_seconds, rows, verify_seconds)
 
             tokens = verdict.tokens
             history[n_hist:n_hist + len(tokens)] = tokens

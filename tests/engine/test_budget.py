@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from localspec.budget import CostCurve, SpeculationBudget, cached_cost_curve, measure_cost_curve
+from localspec.budget import CostCurve, SpeculationBudget, VerifyTimes, cached_cost_curve, measure_cost_curve
 from localspec.engine import Engine
 from localspec.generate import generate
 from localspec.settings import GenerationSettings
@@ -96,6 +96,36 @@ def test_slots_past_the_verified_ones_follow_their_decay():
 def test_curve_interpolates_and_extrapolates():
     curve = CostCurve((1, 4, 8), (1.0, 2.0, 4.0))
     np.testing.assert_allclose(curve.time([1, 2, 4, 6, 8, 10]), [1.0, 4 / 3, 2.0, 3.0, 4.0, 5.0])
+
+
+def test_verify_times_learn_the_real_cost_per_size():
+    times = VerifyTimes(CostCurve((1, 4, 16), (1.0, 2.0, 4.0)))
+    np.testing.assert_allclose(times.time([1, 8, 16]), [1.0, 8 / 3, 4.0])  # nothing seen: the curve
+    for _ in range(200):
+        times.update(1, 1.5)  # the call's own overhead on top of a one-row decode
+        times.update(16, 8.0)  # long batches after a long context: twice the curve
+    np.testing.assert_allclose(times.time([1, 16]), [1.5, 8.0], rtol=0.02)
+    assert 2.0 * 1.5 < times.time(4) < 2.0 * 2.0  # between the two learnt ratios
+    assert times.time(64) == pytest.approx(2.0 * CostCurve((1, 4, 16), (1.0, 2.0, 4.0)).time(64), rel=0.02)
+
+
+def test_verify_times_shrug_off_a_pause():
+    times = VerifyTimes(CostCurve((1, 8), (1.0, 2.0)))
+    for _ in range(50):
+        times.update(8, 2.0)
+    times.update(8, 200.0)  # the process was descheduled once
+    assert times.time(8) < 2.0 * 1.2
+
+
+def test_budget_trims_more_when_verifying_costs_more_than_measured():
+    flat = CostCurve(tuple(range(1, 10)), tuple(0.010 + 0.0001 * n for n in range(9)))
+    budget = trained(flat, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    assert budget.best_size("d", 8) == 8
+    empty = DraftTree.empty("d")
+    for n in (1, 2, 3, 4, 5, 6, 7, 8, 9):  # each row really costs a full step
+        for _ in range(30):
+            budget.observe(empty, Verdict([], [0]), 0.0, rows=n, verify_seconds=0.010 * n)
+    assert budget.best_size("d", 8) == 0
 
 
 def test_measured_curve_is_cached_per_model(tiny_backend, tiny_model, tmp_path, monkeypatch):
