@@ -129,8 +129,10 @@ class ScratchModel:
 
     def compute_bytes(self, model: ModelMemory, n_batch: int, n_ctx: int, flash_attn: bool | None) -> int:
         attention = n_ctx * n_batch * 2  # the f16 KQ mask
-        if flash_attn is False:  # without flash attention the scores are materialised too
-            attention += 2 * n_ctx * n_batch * model.n_head * 4
+        if flash_attn is False:  # without flash attention the f32 scores are materialised too
+            # (softmax works in place); pages are touched only as the context fills, so this
+            # is the peak of a full context
+            attention += n_ctx * n_batch * model.n_head * 4
         return int(self.fixed_bytes + self.per_batch_token * n_batch + attention)
 
 
@@ -206,7 +208,7 @@ def estimate(model: ModelMemory, settings: BackendSettings, tree_nodes: int, dra
     if n_gpu > model.n_layer:
         weights_device += model.output_bytes
     kv_layer = n_ctx * model.kv_bytes_per_token_layer(settings.kv_type)
-    compute = scratch.compute_bytes(model, n_batch, n_ctx, settings.flash_attn)
+    compute = scratch.compute_bytes(model, n_batch, n_ctx, settings.resolved_flash_attn)
     # with any layer offloaded the big activations live on the GPU; the host keeps a little
     compute_host = compute if n_gpu == 0 else int(scratch.fixed_bytes + 16 * n_batch * model.n_embd)
     return MemoryBreakdown(

@@ -169,9 +169,8 @@ def tune(model_path: Path, budget: int | None, n_threads: int, budget_text: str 
 
     settings = plan.settings
     with LlamaCppBackend(model_path, settings) as backend:
-        device_key = f"gpu{settings.n_gpu_layers}" if settings.n_gpu_layers else "cpu"
         progress("cost curve", 0, 1)
-        curve = cached_cost_curve(backend, model_path, device_key, n_threads, refresh=True)
+        curve = cached_cost_curve(backend, model_path, settings.speed_key, n_threads, refresh=True)
         progress("cost curve", 1, 1)
         primed = prime_learned_matrix(backend, model_path, progress)
 

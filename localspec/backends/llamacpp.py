@@ -162,7 +162,7 @@ class LlamaCppBackend(TokenizesWithLlamaCpp):
         ctx_params.type_k = ctx_params.type_v = GGML_TYPES[settings.kv_type]
         ctx_params.flash_attn_type = {None: lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
                                       True: lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-                                      False: lc.LLAMA_FLASH_ATTN_TYPE_DISABLED}[settings.flash_attn]
+                                      False: lc.LLAMA_FLASH_ATTN_TYPE_DISABLED}[settings.resolved_flash_attn]
         ctx_params.no_perf = True
         self._ctx = lc.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:

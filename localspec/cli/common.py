@@ -91,7 +91,9 @@ _OPTIONS = [
     click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default=None,
                  help=f"KV cache data type (default {DEFAULTS.kv_type})."),
     click.option("--flash-attn/--no-flash-attn", default=None,
-                 help="Force flash attention on or off (default: llama.cpp decides)."),
+                 help="Force flash attention on or off (default: off on a CPU alone, where it "
+                      "slows verify batches as the context grows; llama.cpp decides with GPU "
+                      "layers or a quantised KV cache)."),
     click.option("--budget", envvar="LOCALSPEC_BUDGET", default=None,
                  help="Memory budget, e.g. 6GiB, 512MiB or 50% (of free memory); settings are "
                       "planned to fit."),
@@ -188,10 +190,9 @@ def open_engine(model_path, settings: BackendSettings, use_budget: bool = True,
     backend = LlamaCppBackend(model_path, settings)
     budget = None
     if use_budget and backend.supports_trees:
-        device = f"gpu{settings.n_gpu_layers}" if settings.n_gpu_layers else "cpu"
         if not (cache_dir() / "cost_curves.json").exists():
             note("measuring this machine's verify cost once (cached for next time)")
-        curve = cached_cost_curve(backend, model_path, device, settings.n_threads)
+        curve = cached_cost_curve(backend, model_path, settings.speed_key, settings.n_threads)
         budget = SpeculationBudget(curve, max_nodes=min(64, backend.n_batch - 1))
     return backend, Engine(backend, budget=budget)
 

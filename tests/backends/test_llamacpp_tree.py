@@ -104,11 +104,12 @@ def test_cache_holds_prefix_plus_accepted_after_each_step(tiny_model, seed):
     np.testing.assert_allclose(cont, plain, atol=5e-3)
 
 
+@pytest.mark.parametrize("flash_attn", [True, False])
 @pytest.mark.parametrize("seed", range(4))
-def test_speculation_leaves_the_cache_bit_identical_to_plain_decoding(seed):
+def test_speculation_leaves_the_cache_bit_identical_to_plain_decoding(seed, flash_attn):
     """Quantised weights multiply the same for any batch size; then only the order of the cache
     cells can change the sums, and the backend keeps it the order of plain decoding."""
-    settings = BackendSettings(n_ctx=256, n_threads=2, flash_attn=True)
+    settings = BackendSettings(n_ctx=256, n_threads=2, flash_attn=flash_attn)
     cont, plain = speculate_randomly(demo_model_path(), settings, seed)
     np.testing.assert_array_equal(cont, plain)
 

@@ -22,14 +22,16 @@ def kv_heavy_model(model_dir):
                        n_ctx=8192, weight_type="f16")
 
 
-@pytest.mark.parametrize(("n_ctx", "tree_nodes", "drafter", "kv_type"),
-                         [(512, 0, "none", "f16"), (2048, 16, "auto", "f16"), (8192, 64, "auto", "f16"),
-                          (8192, 8, "none", "q8_0")])
-def test_predicted_memory_matches_measured_peak_rss(kv_heavy_model, n_ctx, tree_nodes, drafter, kv_type):
+@pytest.mark.parametrize(("n_ctx", "tree_nodes", "drafter", "kv_type", "flash_attn"),
+                         [(512, 0, "none", "f16", True), (2048, 16, "auto", "f16", True),
+                          (8192, 64, "auto", "f16", True), (8192, 8, "none", "q8_0", None),
+                          (2048, 16, "auto", "f16", None)])  # None: off on this CPU
+def test_predicted_memory_matches_measured_peak_rss(kv_heavy_model, n_ctx, tree_nodes, drafter, kv_type,
+                                                    flash_attn):
     scratch = calibrate(kv_heavy_model, n_threads=1)  # fitted at other batch sizes, then cached
     model = ModelMemory.from_gguf(kv_heavy_model)
     settings = BackendSettings(n_ctx=n_ctx, n_batch=128, n_threads=1, kv_type=kv_type,
-                               max_tree_paths=max(1, min(tree_nodes, 32)))
+                               max_tree_paths=max(1, min(tree_nodes, 32)), flash_attn=flash_attn)
     predicted = estimate(model, settings, tree_nodes, drafter, scratch)
     measured = measure(kv_heavy_model, settings, tree_nodes, drafter)
     assert predicted.kv_host == n_ctx * model.kv_bytes_per_token(kv_type)

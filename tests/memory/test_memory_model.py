@@ -75,3 +75,16 @@ def test_model_memory_from_a_real_gguf(model_dir):
     assert len(model.layer_bytes) == 3 and len(set(model.layer_bytes)) == 1
     assert (model.n_head, model.n_head_kv, model.head_dim_k, model.n_ff) == (8, 2, 16, 256)
     assert model.kv_bytes_per_token("f16") == 3 * 2 * 2 * 16 * 2
+
+
+def test_flash_attention_is_off_on_a_cpu_alone_and_its_scores_are_counted():
+    assert BackendSettings().resolved_flash_attn is False
+    assert BackendSettings(kv_type="q8_0").resolved_flash_attn is None  # a quantised V needs it
+    assert BackendSettings(n_gpu_layers=-1).resolved_flash_attn is None  # llama.cpp decides
+    assert BackendSettings(flash_attn=True).resolved_flash_attn is True
+    assert BackendSettings().speed_key != BackendSettings(flash_attn=True).speed_key  # curves apart
+    model = llama3_8b_like()
+    scratch = ScratchModel(runtime_bytes=50 * MiB, fixed_bytes=10 * MiB, per_batch_token=1000.0)
+    cpu = estimate(model, BackendSettings(n_ctx=8192, n_batch=512), 15, "auto", scratch)
+    fa = estimate(model, BackendSettings(n_ctx=8192, n_batch=512, flash_attn=True), 15, "auto", scratch)
+    assert cpu.compute_host - fa.compute_host == 8192 * 512 * model.n_head * 4
