@@ -11,10 +11,11 @@ online estimate of tokens per step, drafting seconds and verified nodes, kept pe
 model-free tree (a long retrieval match yields far more tokens than a recycling tree, so their
 steps are not averaged together); its speed is tokens over (drafting + t(nodes + 1)) from the
 backend's cost curve, and the fastest runs (the others are retried now and then, the skipped
-model's chain only where it could win with every draft accepted). The refined tree
-contains the model-free one, so each of its verdicts also says what the model-free chain alone
-would have yielded on the same step: that chain's estimate keeps learning while the other runs,
-and the refined tree is credited with its paired gain over it, not with a yield of its own. Its
+model's chain only where it could win with every draft accepted). The model-free tree is
+drafted every step, so each verdict of another chain also says what the model-free chain alone
+would have yielded on the same step (how far its tree follows the tokens the full model
+produced): that chain's estimate keeps learning while the others run. The refined tree
+is credited with its paired gain over it, not with a yield of its own. Its
 tokens are the model-free chain's plus that gain, so a stretch of poor steps, which lowers both
 alike, does not make the refinement look worth its cost. This is the seed paper's
 stage-insertion rule measured rather than derived: inserting the skipped model pays iff it
@@ -197,7 +198,7 @@ class PolybasicDrafter:
         chain = self.choose(regime)
         free_tree = None
         if chain == "skip":
-            tree = self.skipper.propose(history, budget)
+            free_tree, tree = tree, self.skipper.propose(history, budget)
             source = self.skipper.name
         else:
             source = tree.source  # with the match length, for the budget
@@ -240,11 +241,16 @@ class PolybasicDrafter:
         stats = self.chain_stats(regime)
         stats[chain].update(verdict.n_accepted + 1, len(tree), seconds)
         if free_tree is not None:
-            # the accepted path's prefix inside the model-free tree, plus the bonus: that tree's
-            # yield alone when greedy and uncut by the budget, an estimate otherwise
-            alone = free_tree.prefix_depth(tree.tokens[verdict.accepted]) + 1
+            # how far the model-free tree follows what the full model produced, plus the bonus:
+            # that tree's yield alone had it run, uncut by the budget (the sampler's noise is
+            # fixed per position, so this holds when sampling too; at least this, if it follows
+            # all of a skip chain's tokens). Without it the model-free chain's estimate would
+            # stay frozen at a poor stretch while the skipped model's chain runs.
+            shown = tree.tokens[verdict.accepted] if chain == "free+skip" else verdict.tokens
+            alone = free_tree.prefix_depth(shown) + 1
             stats["free"].update_tokens(alone)
-            stats[chain].update_gain(verdict.n_accepted + 1 - alone)
+            if chain == "free+skip":
+                stats[chain].update_gain(verdict.n_accepted + 1 - alone)
         if chain == "skip":
             self.skipper.record(tree, verdict)
 

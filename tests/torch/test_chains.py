@@ -343,6 +343,26 @@ def test_a_refined_tree_verdict_also_teaches_the_model_free_chain_its_yield(torc
     assert stats["free+skip"].gain == pytest.approx(2.0)  # paired: 5 against 3 on the same steps
 
 
+def test_a_skip_chain_verdict_also_teaches_the_model_free_chain_its_yield(torch_backend):
+    """While the skipped model's chain runs, the model-free chain's estimate must not stay at
+    the poor stretch that made it lose: the verdict shows what its tree would have yielded."""
+    from localspec.tree import DraftTree
+    from localspec.verify import Verdict
+
+    poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST)
+    stats = poly.chain_stats("auto:recycling")
+    for _ in range(3):
+        stats["free"].update(1, 4, 0.0)  # a poor stretch
+    free_tree = DraftTree.merge([DraftTree.chain([5, 6, 7, 8]), DraftTree.chain([9])])
+    skip_tree = DraftTree.chain([5, 6, 4], "layerskip")
+    for _ in range(20):
+        poly._pending = ("auto:recycling", "skip", 0.02, free_tree)
+        poly.observe(skip_tree, np.zeros((4, torch_backend.n_vocab), np.float32), Verdict([0, 1], [5, 6, 7]))
+    assert stats["free"].tokens == pytest.approx(4.0, abs=0.05)  # 5 6 7 on its path, then the bonus
+    assert stats["free"].runs == 3 and stats["skip"].runs == 20
+    assert stats["free+skip"].gains == 0  # no paired gain without a refined tree
+
+
 @pytest.mark.parametrize(("gain", "chosen"), [(0.3, "free"), (2.0, "free+skip")])
 def test_refining_is_judged_by_its_paired_gain_not_by_a_poor_stretch_of_the_free_chain(
         torch_backend, gain, chosen):
