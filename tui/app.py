@@ -171,7 +171,8 @@ class ChatApp(App[None]):
         self.load(self.options.model, None)
 
     def refresh_memory(self) -> None:
-        self.set_status(memory=self._memory())
+        if self.query(StatusBar):  # the interval can fire once more while the app tears down
+            self.set_status(memory=self._memory())
 
     async def on_unmount(self) -> None:
         self.workers.cancel_group(self, "generate")

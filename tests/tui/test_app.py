@@ -288,3 +288,12 @@ async def test_command_palette_runs_chat_actions(make_app):
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, TextPromptScreen), steps=300)
         assert app.screen.query_one(Input).value == "palette.md"
+
+
+@async_test
+async def test_the_memory_timer_firing_during_teardown_is_harmless(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await app.query_one(StatusBar).remove()  # as the app leaves, the bar goes first
+        app.refresh_memory()  # the 2-second interval ticks once more
