@@ -28,6 +28,7 @@ from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
 CURVE_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
+EXPLORE_COST = 1.25  # the most a look past the budget's choice may cost, as a share of its step
 
 
 @dataclass(frozen=True)
@@ -240,8 +241,12 @@ class SpeculationBudget:
             return tree
         size = self.best_size(tree.source, len(tree), extra_rows)
         if self.explore_every and self._steps % self.explore_every == 0:
-            # now and then look past the current choice, at a price that grows with it
-            size = min(2 * size + 2, self.max_nodes)
+            # now and then look past the current choice, where that costs little: on a steep
+            # curve (a CPU) the wider tree can cost two steps, more than what it teaches is worth
+            wider = min(2 * size + 2, self.max_nodes, len(tree))
+            rows = 1 + extra_rows
+            if self.verify_times.time(rows + wider) <= EXPLORE_COST * self.verify_times.time(rows + size):
+                size = wider
         return tree.truncated(size)
 
     def observe(self, tree: DraftTree, verdict: Verdict, draft_seconds: float,

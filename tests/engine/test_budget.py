@@ -98,6 +98,21 @@ def test_curve_interpolates_and_extrapolates():
     np.testing.assert_allclose(curve.time([1, 2, 4, 6, 8, 10]), [1.0, 4 / 3, 2.0, 3.0, 4.0, 5.0])
 
 
+@pytest.mark.parametrize(("curve", "explores"), [(FLAT, True), (CPU, False)])
+def test_the_budget_looks_past_its_choice_now_and_then_where_that_is_cheap(curve, explores):
+    budget = SpeculationBudget(curve, explore_every=4)
+    stats = budget._stats("d")
+    stats.rates[:] = 0.0
+    stats.rates[:2] = [0.9, 0.6]
+    stats.seen[:] = 1000  # known: nothing past the second node is ever accepted
+    tree = DraftTree.chain(list(range(1, 17)), "d")
+    sizes = [len(budget.trim(tree)) for _ in range(8)]
+    chosen = budget.best_size("d", 16)
+    wider = [s for s in sizes if s > chosen]
+    assert len(wider) == (2 if explores else 0)  # steps 4 and 8
+    assert all(s == min(2 * chosen + 2, 16) for s in wider)
+
+
 def test_verify_times_learn_the_real_cost_per_size():
     times = VerifyTimes(CostCurve((1, 4, 16), (1.0, 2.0, 4.0)))
     np.testing.assert_allclose(times.time([1, 8, 16]), [1.0, 8 / 3, 4.0])  # nothing seen: the curve
