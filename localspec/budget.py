@@ -29,6 +29,7 @@ from localspec.verify import Verdict
 
 CURVE_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
 EXPLORE_COST = 1.25  # the most a look past the budget's choice may cost, as a share of its step
+EXPLORE_SEEN = 8  # looks past the choice taken at any cost while the next node was seen fewer times
 
 
 @dataclass(frozen=True)
@@ -241,11 +242,15 @@ class SpeculationBudget:
             return tree
         size = self.best_size(tree.source, len(tree), extra_rows)
         if self.explore_every and self._steps % self.explore_every == 0:
-            # now and then look past the current choice, where that costs little: on a steep
-            # curve (a CPU) the wider tree can cost two steps, more than what it teaches is worth
+            # now and then look past the current choice: while the node after it is little known,
+            # and later only where that costs little (on a steep curve, a CPU's, the wider tree
+            # can cost two steps, more than confirming what is known is worth)
             wider = min(2 * size + 2, self.max_nodes, len(tree))
             rows = 1 + extra_rows
-            if self.verify_times.time(rows + wider) <= EXPLORE_COST * self.verify_times.time(rows + size):
+            seen = self.stats[tree.source].seen
+            unknown = size < len(seen) and seen[size] < EXPLORE_SEEN
+            cheap = self.verify_times.time(rows + wider) <= EXPLORE_COST * self.verify_times.time(rows + size)
+            if unknown or cheap:
                 size = wider
         return tree.truncated(size)
 

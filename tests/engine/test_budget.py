@@ -113,6 +113,21 @@ def test_the_budget_looks_past_its_choice_now_and_then_where_that_is_cheap(curve
     assert all(s == min(2 * chosen + 2, 16) for s in wider)
 
 
+def test_the_budget_looks_past_its_choice_at_any_cost_while_the_next_node_is_little_known():
+    budget = SpeculationBudget(CPU, explore_every=4)
+    stats = budget._stats("d")
+    stats.rates[:] = 0.0
+    stats.rates[:2] = [0.9, 0.6]
+    stats.seen[:2] = 1000  # the nodes after these were never verified
+    tree = DraftTree.chain(list(range(1, 17)), "d")
+    chosen = budget.best_size("d", 16)
+    assert stats.seen[chosen] == 0
+    sizes = [len(budget.trim(tree)) for _ in range(8)]
+    assert sizes.count(min(2 * chosen + 2, 16)) == 2 and sizes.count(chosen) == 6
+    stats.seen[:] = 1000  # known now (nothing past the second node): no more looks on this curve
+    assert [len(budget.trim(tree)) for _ in range(8)] == [budget.best_size("d", 16)] * 8
+
+
 def test_verify_times_learn_the_real_cost_per_size():
     times = VerifyTimes(CostCurve((1, 4, 16), (1.0, 2.0, 4.0)))
     np.testing.assert_allclose(times.time([1, 8, 16]), [1.0, 8 / 3, 4.0])  # nothing seen: the curve
