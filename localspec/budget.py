@@ -123,15 +123,17 @@ class VerifyTimes:
 
     curve: CostCurve
     alpha: float = 0.05
+    sizes: np.ndarray = field(init=False)
     log_ratios: np.ndarray = field(init=False)
     seen: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.log_ratios = np.zeros(len(self.curve.sizes))
-        self.seen = np.zeros(len(self.curve.sizes), np.int64)
+        self.sizes = np.asarray(self.curve.sizes, float)
+        self.log_ratios = np.zeros(len(self.sizes))
+        self.seen = np.zeros(len(self.sizes), np.int64)
 
     def update(self, rows: int, seconds: float) -> None:
-        sizes = np.asarray(self.curve.sizes, float)
+        sizes = self.sizes
         predicted = float(self.curve.time(rows))
         if predicted <= 0 or seconds <= 0:
             return
@@ -152,8 +154,7 @@ class VerifyTimes:
         seen = self.seen > 0
         if not seen.any():
             return base
-        sizes = np.asarray(self.curve.sizes, float)
-        return base * np.exp(np.interp(np.asarray(n, float), sizes[seen], self.log_ratios[seen]))
+        return base * np.exp(np.interp(np.asarray(n, float), self.sizes[seen], self.log_ratios[seen]))
 
 
 @dataclass
@@ -247,7 +248,7 @@ class SpeculationBudget:
             # can cost two steps, more than confirming what is known is worth)
             wider = min(2 * size + 2, self.max_nodes, len(tree))
             rows = 1 + extra_rows
-            seen = self.stats[tree.source].seen
+            seen = self._stats(tree.source).seen
             unknown = size < len(seen) and seen[size] < EXPLORE_SEEN
             cheap = self.verify_times.time(rows + wider) <= EXPLORE_COST * self.verify_times.time(rows + size)
             if unknown or cheap:

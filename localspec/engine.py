@@ -130,14 +130,15 @@ class Engine:
                 return
             budget = min(settings.max_draft_tokens, room, settings.max_tokens - produced - 1)
             tree, draft_seconds = DraftTree.empty(drafter.name), 0.0
+            waiting = len(backend.tokens) - backend.n_cached  # committed tokens riding in front
             if budget > 0 and backend.supports_trees:
                 start = time.perf_counter()
                 tree = fit_tree(drafter.propose(history[:n_hist], budget), budget,
                                 backend.max_tree_paths)
                 draft_seconds = time.perf_counter() - start
                 if self.budget is not None:
-                    tree = self.budget.trim(tree, extra_rows=len(backend.tokens) - backend.n_cached)
-            rows = len(backend.tokens) - backend.n_cached + 1 + len(tree)  # the decode's batch
+                    tree = self.budget.trim(tree, extra_rows=waiting)
+            rows = waiting + 1 + len(tree)  # the decode's batch
             start = time.perf_counter()
             logits = backend.verify(root, tree)
             verify_seconds = time.perf_counter() - start
