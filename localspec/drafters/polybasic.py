@@ -233,7 +233,11 @@ class PolybasicDrafter:
         return DraftTree.merge([DraftTree.chain(chain), tree]).truncated(budget)
 
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
-        self.free.observe(tree, logits, verdict)
+        # the model-free drafter's own trees go back under its own labels: auto sizes its next
+        # proposals by how much of its recent trees of a label was verified
+        own = tree.source.removeprefix(f"{self.name}:free:")
+        as_drafted = tree if own == tree.source else DraftTree(tree.tokens, tree.parents, own, tree.sized)
+        self.free.observe(as_drafted, logits, verdict)
         if self._pending is None:
             return
         regime, chain, seconds, free_tree = self._pending

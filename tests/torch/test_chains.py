@@ -381,6 +381,19 @@ def test_refining_is_judged_by_its_paired_gain_not_by_a_poor_stretch_of_the_free
     assert poly.choose("r") == chosen
 
 
+def test_the_model_free_drafter_learns_its_own_trees_under_its_own_labels(torch_backend):
+    """auto drafts about twice what was verified of its recent trees of a label, so the verdict
+    of its chain must reach it under auto's label, not polybasic's."""
+    from localspec.tree import DraftTree
+    from localspec.verify import Verdict
+
+    poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST)
+    poly._pending = ("auto:recycling", "free", 0.0, None)
+    tree = DraftTree.chain([5, 6], "polybasic:free:auto:recycling:1c1")
+    poly.observe(tree, np.zeros((3, torch_backend.n_vocab), np.float32), Verdict([0, 1], [5, 6, 7]))
+    assert poly.free.proposal_size("auto:recycling:1c1", 16) == 6  # 2 * 2 verified + 2
+
+
 def test_polybasic_teaches_the_skipper_from_its_chains_verdicts(torch_backend):
     from localspec.tree import DraftTree
     from localspec.verify import Verdict
