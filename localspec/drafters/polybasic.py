@@ -205,7 +205,11 @@ class PolybasicDrafter:
             if chain == "free+skip" and len(tree):
                 free_tree, tree = tree, self.refine(tree, int(history[-1]), budget)
         self._pending = (regime, chain, time.perf_counter() - start, free_tree)
-        return DraftTree(tree.tokens, tree.parents, f"{self.name}:{chain}:{source}", tree.sized)
+        return DraftTree(tree.tokens, tree.parents, self.label(chain, source), tree.sized)
+
+    def label(self, chain: str, source: str) -> str:
+        """The budget's label for a tree of `chain` drafted as `source`."""
+        return f"{self.name}:{chain}:{source}"
 
     def refine(self, tree: DraftTree, root: int, budget: int) -> DraftTree:
         """The skipped model verifies `tree` in one forward (by its guesses: its argmax, or when
@@ -235,7 +239,7 @@ class PolybasicDrafter:
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
         # the model-free drafter's own trees go back under its own labels: auto sizes its next
         # proposals by how much of its recent trees of a label was verified
-        own = tree.source.removeprefix(f"{self.name}:free:")
+        own = tree.source.removeprefix(self.label("free", ""))
         as_drafted = tree if own == tree.source else DraftTree(tree.tokens, tree.parents, own, tree.sized)
         self.free.observe(as_drafted, logits, verdict)
         if self._pending is None:

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from localspec.backends.torch_backend import chain_parents
 from localspec.backends.torch_model import SkipSet
 from localspec.budget import CostCurve
 from localspec.drafters.layerskip import (
     LayerSkipDrafter,
     LayerSkipSettings,
     SkipSetSearch,
+    draft_plan,
     guesses,
     plan_tree,
 )
@@ -28,6 +30,8 @@ from localspec.engine import Engine
 from localspec.generate import generate
 from localspec.sampling import Distribution, GumbelNoise
 from localspec.settings import GenerationSettings, SamplingSettings
+from localspec.tree import DraftTree
+from localspec.verify import Verdict
 from tests.engine.test_lossless_sampling import contingency_p_value
 from tests.helpers import enumerate_outputs
 
@@ -180,8 +184,6 @@ def test_plan_is_the_fastest_of_all_trees(seed):
 
 
 def test_skipper_learns_which_rank_was_right_down_the_accepted_path(torch_backend):
-    from localspec.tree import DraftTree
-    from localspec.verify import Verdict
 
     skipper = LayerSkipDrafter(torch_backend, CURVE, FAST)
     skipper.stats.rates[:] = 0.25
@@ -199,7 +201,6 @@ def test_skipper_learns_which_rank_was_right_down_the_accepted_path(torch_backen
 
 
 def test_a_drafted_plan_holds_each_parents_guess_of_its_rank(torch_backend):
-    from localspec.drafters.layerskip import draft_plan
 
     skip = SkipSet(frozenset(), frozenset({2}))
     prompt = np.random.default_rng(9).integers(0, torch_backend.n_vocab, 10).tolist()
@@ -213,7 +214,6 @@ def test_a_drafted_plan_holds_each_parents_guess_of_its_rank(torch_backend):
         parent = int(tree.parents[node])
         assert tree.tokens[node] == guessed[parent][path[-1]]
     # the root's guesses are the skipped model's top 4 after the prompt
-    from localspec.backends.torch_backend import chain_parents
     n = len(prompt)
     logits = torch_backend.run_tree(0, np.array(prompt), chain_parents(n), np.arange(1, n + 1),
                                     torch_backend.scratch_base, skip)
@@ -326,8 +326,6 @@ def test_polybasic_retry_intervals_count_the_regimes_own_steps(torch_backend):
 
 
 def test_a_refined_tree_verdict_also_teaches_the_model_free_chain_its_yield(torch_backend):
-    from localspec.tree import DraftTree
-    from localspec.verify import Verdict
 
     poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST)
     free_tree = DraftTree.chain([5, 6, 7], "auto:retrieval:8")
@@ -346,8 +344,6 @@ def test_a_refined_tree_verdict_also_teaches_the_model_free_chain_its_yield(torc
 def test_a_skip_chain_verdict_also_teaches_the_model_free_chain_its_yield(torch_backend):
     """While the skipped model's chain runs, the model-free chain's estimate must not stay at
     the poor stretch that made it lose: the verdict shows what its tree would have yielded."""
-    from localspec.tree import DraftTree
-    from localspec.verify import Verdict
 
     poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST)
     stats = poly.chain_stats("auto:recycling")
@@ -384,8 +380,6 @@ def test_refining_is_judged_by_its_paired_gain_not_by_a_poor_stretch_of_the_free
 def test_the_model_free_drafter_learns_its_own_trees_under_its_own_labels(torch_backend):
     """auto drafts about twice what was verified of its recent trees of a label, so the verdict
     of its chain must reach it under auto's label, not polybasic's."""
-    from localspec.tree import DraftTree
-    from localspec.verify import Verdict
 
     poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST)
     poly._pending = ("auto:recycling", "free", 0.0, None)
@@ -395,8 +389,6 @@ def test_the_model_free_drafter_learns_its_own_trees_under_its_own_labels(torch_
 
 
 def test_polybasic_teaches_the_skipper_from_its_chains_verdicts(torch_backend):
-    from localspec.tree import DraftTree
-    from localspec.verify import Verdict
 
     poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST)
     tree = DraftTree(np.array([5, 6, 7], np.int32), np.array([-1, -1, 0], np.int32), "layerskip")
