@@ -50,7 +50,7 @@ class LayerSkipSettings:
     window: int = 48  # recent tokens (prompt or generated) that score a skip set
     min_window: int = 12
     target_score: float = 0.93  # stop optimising when a set's first guess is right this often...
-    max_evals: int = 40  # ...or after this many evaluations (half when no set promised a speed-up)
+    max_evals: int = 40  # ...or after this many evaluations (half when no set beat the bar)
     bo_every: int = 5  # a Bayesian-optimisation proposal every this many evaluations
     max_skip_ratio: float = 0.75  # of the optimisable sublayers
     probe_every: int = 16  # when drafting does not pay, still draft once in this many steps
@@ -343,6 +343,9 @@ class LayerSkipDrafter:
         self.noise: GumbelNoise | None = None  # the sampler's, for this request
         self._window: tuple[int, np.ndarray, np.ndarray] | None = None  # first, tokens, targets
         self._tails = self.mlp_tails()  # candidates outside the search's bits, tried first
+        # the speed (tokens per full forward) a skip set must promise for the search to go on
+        # past half its evaluations: plain decoding's; polybasic raises it to its model-free chain's
+        self.bar = 1.0
         self.evals = 0  # counters, reported by whoever wants them
         self.search_seconds = 0.0
 
@@ -510,7 +513,8 @@ class LayerSkipDrafter:
         self._consider(skip, ranks)
         self.evals += 1
         self.search_seconds += time.perf_counter() - start
-        hopeless = self.skip is None and self.evals >= self.settings.max_evals // 2
+        best = self.value(self.skip, self.ranks) if self.skip is not None else 0.0
+        hopeless = best <= self.bar and self.evals >= self.settings.max_evals // 2
         if ranks[0] >= self.settings.target_score or self.evals >= self.settings.max_evals or hopeless:
             self.settle()
 

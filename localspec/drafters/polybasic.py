@@ -14,12 +14,13 @@ backend's cost curve, and the fastest runs (the others are retried now and then,
 model's chain only where it could win with every draft accepted). The model-free tree is
 drafted every step, so each verdict of another chain also says what the model-free chain alone
 would have yielded on the same step (how far its tree follows the tokens the full model
-produced): that chain's estimate keeps learning while the others run. The refined tree
-is credited with its paired gain over it, not with a yield of its own. Its
-tokens are the model-free chain's plus that gain, so a stretch of poor steps, which lowers both
-alike, does not make the refinement look worth its cost. This is the seed paper's
+produced): that chain's estimate keeps learning while the others run. The two chains of the
+skipped model are credited with their paired gain over it, not with yields of their own: their
+tokens are the model-free chain's plus that gain, so a stretch of poor steps, which lowers all
+alike, does not make the skipped model look worth its cost. This is the seed paper's
 stage-insertion rule measured rather than derived: inserting the skipped model pays iff it
-raises tokens per second.
+raises tokens per second. The skip-set search is held to the same bar: past half its
+evaluations it stops unless some set promises more than the model-free chain delivers.
 
 Every stage is lossless for its verifier: the full model applies the engine's exact greedy or
 sampling rule to whatever it is given, and `verify_chain_sampled` is the exact rule for drafts
@@ -95,7 +96,7 @@ class ChainStats:
     draft_seconds: float = 0.0
     runs: int = 0  # steps the chain ran
     yields: int = 0  # steps whose yield it learnt: its runs, and others' runs that showed it
-    gain: float = 1.0  # free+skip: tokens over the model-free chain's on the same steps (optimistic)
+    gain: float = 1.0  # skip, free+skip: tokens over the model-free chain's on the same steps (optimistic)
     gains: int = 0
     alpha: float = 0.2
     interval: int = 0  # steps between retries
@@ -183,14 +184,26 @@ class PolybasicDrafter:
         return bool(np.max((depths + 1) / (depths * level + self.curve.time(depths + 1))) > speed)
 
     def speed(self, stats: dict[str, ChainStats], chain: str) -> float:
-        """Estimated tokens per second of `chain`; the refined tree's tokens are the model-free
-        chain's plus its paired gain, once a verdict has measured one."""
+        """Estimated tokens per second of `chain`; a chain of the skipped model yields the
+        model-free chain's tokens plus its paired gain, once a verdict has measured one."""
         s = stats[chain]
-        tokens = stats["free"].tokens + s.gain if chain == "free+skip" and s.gains else s.tokens
+        tokens = stats["free"].tokens + s.gain if chain != "free" and s.gains else s.tokens
         return tokens / (s.draft_seconds + float(self.curve.time(s.nodes + 1)))
+
+    def free_speed(self) -> float:
+        """What the model-free chain delivers in tokens per full forward, the unit of a skip
+        set's promised speed: its estimates in every regime met so far, weighted by the regime's
+        steps (plain decoding's 1.0 before any)."""
+        seen = [(self.regime_steps[r], s["free"]) for r, s in self.stats.items() if s["free"].yields]
+        if not seen:
+            return 1.0
+        tokens = sum(n * s.tokens for n, s in seen)
+        seconds = sum(n * (s.draft_seconds + float(self.curve.time(s.nodes + 1))) for n, s in seen)
+        return tokens / seconds * float(self.curve.time(1))
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
         if not self.skipper.settled:  # a search step: a one-off cost, not the chain's
+            self.skipper.bar = self.free_speed()
             self.skipper.optimise()
         start = time.perf_counter()
         tree = self.free.propose(history, budget)  # cheap; its regime picks the estimates
@@ -257,8 +270,7 @@ class PolybasicDrafter:
             shown = tree.tokens[verdict.accepted] if chain == "free+skip" else verdict.tokens
             alone = free_tree.prefix_depth(shown) + 1
             stats["free"].update_tokens(alone)
-            if chain == "free+skip":
-                stats[chain].update_gain(verdict.n_accepted + 1 - alone)
+            stats[chain].update_gain(verdict.n_accepted + 1 - alone)
         if chain == "skip":
             self.skipper.record(tree, verdict)
 
