@@ -192,13 +192,13 @@ class PolybasicDrafter:
 
     def free_speed(self) -> float:
         """What the model-free chain delivers in tokens per full forward, the unit of a skip
-        set's promised speed: its estimates in every regime met so far, weighted by the regime's
-        steps (plain decoding's 1.0 before any)."""
-        seen = [(self.regime_steps[r], s["free"]) for r, s in self.stats.items() if s["free"].yields]
-        if not seen:
+        set's promised speed: its estimates in every regime met so far, weighted by the steps
+        that showed its yield there (plain decoding's 1.0 before any)."""
+        free = [chains["free"] for chains in self.stats.values() if chains["free"].yields]
+        if not free:
             return 1.0
-        tokens = sum(n * s.tokens for n, s in seen)
-        seconds = sum(n * (s.draft_seconds + float(self.curve.time(s.nodes + 1))) for n, s in seen)
+        tokens = sum(s.yields * s.tokens for s in free)
+        seconds = sum(s.yields * (s.draft_seconds + float(self.curve.time(s.nodes + 1))) for s in free)
         return tokens / seconds * float(self.curve.time(1))
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:

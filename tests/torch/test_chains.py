@@ -79,9 +79,10 @@ def test_layerskip_declines_to_draft_when_it_does_not_pay_but_still_probes(torch
 
 
 def search_until_settled(backend, curve: CostCurve, settings: LayerSkipSettings, task: str,
-                         seed: int) -> tuple[LayerSkipDrafter, np.ndarray]:
+                         seed: int, bar: float = 1.0) -> tuple[LayerSkipDrafter, np.ndarray]:
     """A skipper that optimised its skip set over random text until it settled."""
     drafter = LayerSkipDrafter(backend, curve, settings, task=task)
+    drafter.bar = bar
     prompt = np.random.default_rng(seed).integers(0, backend.n_vocab, 40).astype(np.int32)
     backend.truncate(0)
     backend.prefill(prompt[:-1].tolist())
@@ -122,6 +123,40 @@ def test_search_gives_up_at_half_its_evaluations_when_no_set_can_pay(torch_backe
     settings = LayerSkipSettings(min_window=4, window=16, max_evals=8)
     drafter, _ = search_until_settled(torch_backend, steep, settings, "hopeless-test", seed=8)
     assert drafter.skip is None and drafter.evals == settings.max_evals // 2
+
+
+def test_search_stops_at_half_its_evaluations_when_no_set_beats_the_bar(torch_backend):
+    """Polybasic raises the bar from plain decoding to what its model-free chain delivers: a
+    set that only beats plain decoding is kept, but not searched past half the budget."""
+    settings = LayerSkipSettings(min_window=4, window=16, max_evals=8, target_score=1.01)
+    low, _ = search_until_settled(torch_backend, CURVE, settings, "bar-low", seed=6)
+    assert low.skip is not None and low.evals == settings.max_evals
+    high, _ = search_until_settled(torch_backend, CURVE, settings, "bar-high", seed=6, bar=1e9)
+    assert high.skip is not None and high.evals == settings.max_evals // 2
+
+
+def test_polybasic_holds_the_search_to_what_its_model_free_chain_delivers(torch_backend):
+    poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST)
+    assert poly.free_speed() == 1.0  # nothing seen yet: plain decoding's
+    for regime, tokens in (("auto:recycling", 2.0), ("auto:retrieval", 8.0)):
+        for _ in range(3 if tokens < 4 else 1):
+            poly.chain_stats(regime)["free"].update(tokens, 3, 0.0)
+    # 3 steps of 2 tokens and 1 of 8 in 4 verifies of 4 rows, in units of one row's forward
+    assert poly.free_speed() == pytest.approx((3 * 2 + 8) / (4 * CURVE.time(4) / CURVE.time(1)))
+    settings = LayerSkipSettings(min_window=4, window=16, max_evals=8, target_score=1.01)
+    prompt = np.random.default_rng(6).integers(0, torch_backend.n_vocab, 40).astype(np.int32)
+    evals = {}
+    for name, free_tokens in (("weak", 0.5), ("strong", 50.0)):
+        poly = PolybasicDrafter(torch_backend, CURVE, settings=settings)
+        poly.skipper.fixed_task = f"poly-bar-{name}"
+        poly.chain_stats("auto:recycling")["free"].update(free_tokens, 3, 0.0)
+        torch_backend.truncate(0)
+        torch_backend.prefill(prompt[:-1].tolist())
+        poly.begin(prompt[:20])
+        while not poly.skipper.settled:
+            poly.propose(prompt, 4)
+        evals[name] = poly.skipper.evals
+    assert evals == {"weak": settings.max_evals, "strong": settings.max_evals // 2}
 
 
 def test_search_never_skips_first_or_last_layer_and_bo_proposes_untried():
@@ -356,25 +391,29 @@ def test_a_skip_chain_verdict_also_teaches_the_model_free_chain_its_yield(torch_
         poly.observe(skip_tree, np.zeros((4, torch_backend.n_vocab), np.float32), Verdict([0, 1], [5, 6, 7]))
     assert stats["free"].tokens == pytest.approx(4.0, abs=0.05)  # 5 6 7 on its path, then the bonus
     assert stats["free"].runs == 3 and stats["skip"].runs == 20
-    assert stats["free+skip"].gains == 0  # no paired gain without a refined tree
+    assert stats["skip"].gain == pytest.approx(-1.0)  # paired: 3 against 4 on the same steps
+    assert stats["free+skip"].gains == 0
 
 
-@pytest.mark.parametrize(("gain", "chosen"), [(0.3, "free"), (2.0, "free+skip")])
-def test_refining_is_judged_by_its_paired_gain_not_by_a_poor_stretch_of_the_free_chain(
-        torch_backend, gain, chosen):
+@pytest.mark.parametrize("chain", ["skip", "free+skip"])
+@pytest.mark.parametrize("gain", [0.3, 2.0])
+def test_the_skipped_models_chains_are_judged_by_their_paired_gain_not_by_a_poor_stretch_of_the_free_chain(
+        torch_backend, chain, gain):
     poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST, explore_every=0)  # no retries
     poly.skipper.skip = SkipSet(frozenset(), frozenset({2}))
     stats = poly.chain_stats("r")
+    other = "skip" if chain == "free+skip" else "free+skip"
     for _ in range(4):
         stats["free"].update(3, 4, 0.0)
-        stats["free+skip"].update(3, 4, 0.005)
-        stats["free+skip"].update_gain(gain)
-        stats["skip"].update(1, 1, 0.05)
+        stats[chain].update(3, 4, 0.005)
+        stats[chain].update_gain(gain)
+        stats[other].update(1, 1, 0.05)
+        stats[other].update_gain(-2.0)
     for _ in range(5):  # a poor stretch: 3 tokens a step -> about 1.7
         stats["free"].update(1, 4, 0.0)
-    # refining would be chosen on its own yield estimate (3 tokens), but it adds `gain` tokens
+    # the chain would be chosen on its own yield estimate (3 tokens), but it adds `gain` tokens
     # to what the free chain yields now, which pays for its drafting only when the gain is large
-    assert poly.choose("r") == chosen
+    assert poly.choose("r") == (chain if gain > 1.0 else "free")
 
 
 def test_the_model_free_drafter_learns_its_own_trees_under_its_own_labels(torch_backend):
