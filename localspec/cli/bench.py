@@ -35,18 +35,21 @@ from localspec.settings import GenerationSettings, SamplingSettings
                    "(untimed); without it every drafter starts cold.")
 @click.option("--pld-tokens", type=int, default=10, show_default=True,
               help="num_pred_tokens for llama-cpp-python's prompt lookup (peer-pld).")
+@click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
+              help="Datastore from `localspec index build` for the auto and retrieval methods.")
 @click.option("--limit", type=int, default=None, help="Use only the first N prompts.")
 @click.option("--json", "json_path", required=True, type=click.Path(), help="Where to write results.")
 def bench(opts: ModelOptions, prompts_path, methods,
-          max_tokens, temperature, seed, repeats, draft_tokens, fixed_draft, prime, pld_tokens, limit,
-          json_path) -> None:
+          max_tokens, temperature, seed, repeats, draft_tokens, fixed_draft, prime, pld_tokens, index_path,
+          limit, json_path) -> None:
     """Measure methods against plain decoding and llama-cpp-python on a prompt set."""
     from pathlib import Path
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from localspec import bench as b
-    from localspec.drafters import DRAFTERS, TORCH_DRAFTERS
+    from localspec.drafters import DRAFTERS, TORCH_DRAFTERS, make_drafter
+    from localspec.indexing import check_index, read_index
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     known = [*DRAFTERS, *b.PEER_METHODS, *(TORCH_DRAFTERS if opts.backend == "torch" else ())]
@@ -57,6 +60,9 @@ def bench(opts: ModelOptions, prompts_path, methods,
                                f"choose from {', '.join(known)}{hint}")
     if repeats < 1:
         raise click.UsageError("--repeats must be >= 1")
+    if index_path and not {"auto", "retrieval"} & set(names):
+        raise click.UsageError("--index is used by the auto and retrieval methods only; bench one of them")
+    store = read_index(index_path) if index_path else None
     if "none" not in names:
         names.insert(0, "none")  # every speedup is measured against plain decoding
     prompts = b.load_prompts(prompts_path)[:limit]
@@ -68,6 +74,10 @@ def bench(opts: ModelOptions, prompts_path, methods,
     backend, engine = open_engine(choice.path, backend_config, use_budget=not fixed_draft,
                                   runtime=opts.runtime)
     with backend:
+        if store is not None:
+            check_index(store, index_path, backend)
+            for name in {"auto", "retrieval"} & set(names):
+                engine.drafters[name] = make_drafter(name, store)
         if prime:
             note(f"primed the recycling matrix for {b.prime_drafters(engine, names)} tokens")
         runners = [b.PeerMethod(m, choice.path, backend.n_ctx, backend_config.n_threads,
@@ -86,7 +96,7 @@ def bench(opts: ModelOptions, prompts_path, methods,
     report = {"model": choice.path.name, "device": device,
               "settings": {"max_tokens": max_tokens, "temperature": temperature, "seed": seed,
                            "repeats": repeats, "draft_tokens": draft_tokens, "adaptive": not fixed_draft,
-                           "primed": prime,
+                           "primed": prime, "index": Path(index_path).name if index_path else None,
                            "pld_tokens": pld_tokens, "n_ctx": backend.n_ctx,
                            "threads": backend_config.n_threads, "prompts": len(prompts)},
               **report, "summary": summary, "by_category": by_category}

@@ -87,3 +87,42 @@ def test_bench_rejects_unknown_methods(loopy_model, tmp_path, capsys):
     code = main(["bench", "-m", str(loopy_model), "--prompts", str(prompts), "--methods", "warp",
                  "--json", str(tmp_path / "o.json")])
     assert code == 2 and "unknown method" in capsys.readouterr().err
+
+
+def test_bench_drafts_auto_and_retrieval_from_an_index(loopy_model, tmp_path, capsys, monkeypatch):
+    from localspec.datastore import DatastoreDrafter
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.py").write_text("for x in self: print(x)\nreturn self\n" * 5)
+    index = tmp_path / "code.lsx"
+    assert main(["index", "build", str(source), "-m", str(loopy_model), "--out", str(index)]) == 0
+    asked = []
+    propose = DatastoreDrafter.propose
+    monkeypatch.setattr(DatastoreDrafter, "propose",
+                        lambda self, history, budget: asked.append(budget) or propose(self, history, budget))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "category": "code", "prompt": "for x in self:"}\n')
+    out = tmp_path / "bench.json"
+    code = main(["bench", "-m", str(loopy_model), "--prompts", str(prompts), "--methods", "auto,retrieval",
+                 "-n", "24", "--threads", "1", "--index", str(index), "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["index"] == "code.lsx"
+    assert all(report["summary"][m]["identical_to_none"] == 1.0 for m in ("auto", "retrieval"))
+    assert len(asked) > 0  # the datastore was drafted from
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--methods", "lookup,recycling", "--index", "{tmp}/code.lsx"], "auto and retrieval"),
+    (["--methods", "auto", "--index", "{tmp}/missing.lsx"], "does not exist"),
+])
+def test_bench_index_errors_are_one_line(tiny_model, tmp_path, capsys, extra, message):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "category": "code", "prompt": "x"}\n')
+    (tmp_path / "code.lsx").write_text("not an index")
+    code = main(["bench", "-m", str(tiny_model), "--prompts", str(prompts),
+                 "--json", str(tmp_path / "r.json"), *[a.replace("{tmp}", str(tmp_path)) for a in extra]])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err and "Traceback" not in err
+    assert not (tmp_path / "r.json").exists()
