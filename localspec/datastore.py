@@ -82,13 +82,25 @@ class Datastore:
     max_matches: int = 5000
     max_depth: int = 10
     _padded: np.ndarray = field(init=False, repr=False)
+    _keys: np.ndarray = field(init=False, repr=False)
+    _key_bits: int = field(init=False, repr=False)
+    _key_tokens: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not (1 <= self.min_query <= self.max_query and self.max_depth >= 1 and self.max_matches >= 1):
             raise ValueError("need 1 <= min_query <= max_query, max_depth >= 1 and max_matches >= 1")
-        # room to read max_query (or max_depth) tokens past any suffix start
-        pad = np.full(max(self.max_query, self.max_depth), SEP, np.int32)
+        # each suffix's first tokens, + 1 so that SEP and the end are 0, packed into one int64 the
+        # first most significant: the sorted suffixes' keys are sorted, so np.searchsorted finds a prefix
+        top = int(self.tokens.max(initial=0)) + 1
+        self._key_bits = top.bit_length()
+        self._key_tokens = 63 // self._key_bits
+        # room to read max_query, max_depth or a key's tokens past any suffix start
+        pad = np.full(max(self.max_query, self.max_depth, self._key_tokens), SEP, np.int32)
         self._padded = np.concatenate([self.tokens.astype(np.int32), pad])
+        keys = np.zeros(len(self.suffixes), np.int64)
+        for offset in range(self._key_tokens):
+            keys = (keys << self._key_bits) | (self._padded[self.suffixes + offset].astype(np.int64) + 1)
+        self._keys = keys
 
     @classmethod
     def build(cls, token_arrays: list[np.ndarray], fingerprint: str = "") -> Datastore:
@@ -127,46 +139,43 @@ class Datastore:
                 f"datastore {path} was built for {stored!r}, not {fingerprint!r}; rebuild it")
         return cls(tokens.astype(np.int32), suffixes.astype(np.int64), stored)
 
-    def _bounds(self, queries: np.ndarray, lengths: np.ndarray, upper: bool) -> np.ndarray:
-        """For each query row (its first `lengths` tokens), the first suffix rank whose prefix
-        is >= the query (or > it, with `upper`): a binary search run for all rows at once."""
-        n_rows, width = queries.shape
-        lo = np.zeros(n_rows, np.int64)
-        hi = np.full(n_rows, len(self.suffixes), np.int64)
-        cols = np.arange(width)
-        in_query = cols < lengths[:, None]
-        rows = np.arange(n_rows)
-        while np.any(lo < hi):
-            mid = (lo + hi) // 2
-            window = self._padded[self.suffixes[np.minimum(mid, len(self.suffixes) - 1)][:, None] + cols]
-            differs = (window != queries) & in_query
-            first = differs.argmax(axis=1)
-            less = differs[rows, first] & (window[rows, first] < queries[rows, first])
-            equal = ~differs.any(axis=1)
-            go_right = less | (equal & upper)
-            active = lo < hi
-            lo = np.where(active & go_right, mid + 1, lo)
-            hi = np.where(active & ~go_right, mid, hi)
-        return lo
+    def _range(self, query: np.ndarray) -> tuple[int, int]:
+        """The suffix-array ranks [lo, hi) of the suffixes that start with `query` (tokens >= 0):
+        np.searchsorted on the packed keys of their first tokens, then the few suffixes left are
+        compared past the key."""
+        width = self._key_tokens
+        head = [int(t) + 1 for t in query[:width]]
+        if max(head, default=0) >> self._key_bits:
+            return 0, 0  # a token above every token in the files (and too wide for a key)
+        key, spare = 0, self._key_bits * (width - len(head))
+        for value in head:
+            key = (key << self._key_bits) | value
+        key <<= spare
+        lo = int(np.searchsorted(self._keys, key, "left"))
+        hi = int(np.searchsorted(self._keys, key | ((1 << spare) - 1), "right"))
+        if len(query) > width and hi > lo:
+            rest = np.asarray(query[width:])
+            window = self._padded[self.suffixes[lo:hi, None] + width + np.arange(len(rest))]
+            match = np.flatnonzero((window == rest).all(axis=1))  # contiguous: the rows are sorted
+            lo, hi = (lo + int(match[0]), lo + int(match[-1]) + 1) if match.size else (lo, lo)
+        return lo, hi
 
     def search(self, context: np.ndarray) -> tuple[int, np.ndarray]:
         """The longest suffix length (max_query..min_query) of `context` found in the files, and
-        the suffix-array ranks [lo, hi) of its occurrences; (0, empty) when none is found."""
+        the suffix-array ranks [lo, hi) of its occurrences; (0, empty) when none is found.
+        Whenever a suffix occurs so does every shorter one (its tail), so the longest is found by
+        a binary search over lengths."""
         context = np.asarray(context)
-        longest = min(self.max_query, len(context))
-        if longest < self.min_query or len(self.suffixes) == 0:
-            return 0, np.zeros(0, np.int64)
-        lengths = np.arange(longest, self.min_query - 1, -1)
-        queries = np.full((len(lengths), self.max_query), SEP, np.int64)
-        for row, length in enumerate(lengths.tolist()):  # at most 15 rows
-            queries[row, :length] = context[-length:]
-        lo = self._bounds(queries, lengths, upper=False)
-        hi = self._bounds(queries, lengths, upper=True)
-        found = np.flatnonzero(hi > lo)
-        if not found.size:
-            return 0, np.zeros(0, np.int64)
-        best = int(found[0])
-        return int(lengths[best]), np.arange(lo[best], hi[best])
+        shortest, longest = self.min_query, min(self.max_query, len(context))
+        found, ranks = 0, (0, 0)
+        while shortest <= longest and len(self.suffixes):
+            length = (shortest + longest + 1) // 2
+            lo, hi = self._range(context[-length:])
+            if hi > lo:
+                found, ranks, shortest = length, (lo, hi), length + 1
+            else:
+                longest = length - 1
+        return found, np.arange(*ranks, dtype=np.int64)
 
     def continuations(self, context: np.ndarray) -> tuple[int, np.ndarray]:
         """What followed the longest matched suffix: [m, max_depth] tokens, SEP after a file ends.

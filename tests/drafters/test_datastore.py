@@ -70,6 +70,24 @@ def test_search_and_prefix_counts_equal_brute_force(docs, context):
     assert trie.depths.tolist() == [len(p) for p in trie_counts(trie)]
 
 
+WIDE = [0, 1, 70_000, 151_000]  # keys hold 3 such tokens: longer queries are compared past the key
+wide_files = st.lists(st.lists(st.sampled_from(WIDE), max_size=40), max_size=4)
+wide_contexts = st.lists(st.sampled_from([*WIDE, 300_000]), max_size=20)  # 300,000: in no file
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(docs=wide_files, context=wide_contexts)
+def test_search_with_a_large_vocabulary_equals_brute_force(docs, context):
+    store = Datastore.build([np.array(d, np.int32) for d in docs])
+    length, counts = brute_counts(docs, context)
+    found, ranks = store.search(np.array(context, np.int32))
+    assert found == length
+    assert len(ranks) == (len(brute_occurrences(docs, context[-length:])) if length else 0)
+    for start in store.suffixes[ranks].tolist():
+        assert store.tokens[start:start + length].tolist() == context[-length:]
+    assert trie_counts(store.trie(np.array(context, np.int32))) == dict(counts)
+
+
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(docs=files, context=contexts, max_nodes=st.integers(0, 30))
 def test_lookup_keeps_the_most_counted_prefixes_as_a_valid_tree(docs, context, max_nodes):
