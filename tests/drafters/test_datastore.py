@@ -54,9 +54,7 @@ def test_suffix_array_sorts_every_suffix(tokens):
     assert suffix_array(np.array(tokens, np.int32)).tolist() == expected
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(docs=files, context=contexts)
-def test_search_and_prefix_counts_equal_brute_force(docs, context):
+def check_search_and_prefix_counts(docs: list[list[int]], context: list[int]) -> None:
     store = Datastore.build([np.array(d, np.int32) for d in docs])
     length, counts = brute_counts(docs, context)
     found, ranks = store.search(np.array(context, np.int32))
@@ -70,22 +68,20 @@ def test_search_and_prefix_counts_equal_brute_force(docs, context):
     assert trie.depths.tolist() == [len(p) for p in trie_counts(trie)]
 
 
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(docs=files, context=contexts)
+def test_search_and_prefix_counts_equal_brute_force(docs, context):
+    check_search_and_prefix_counts(docs, context)
+
+
 WIDE = [0, 1, 70_000, 151_000]  # keys hold 3 such tokens: longer queries are compared past the key
-wide_files = st.lists(st.lists(st.sampled_from(WIDE), max_size=40), max_size=4)
-wide_contexts = st.lists(st.sampled_from([*WIDE, 300_000]), max_size=20)  # 300,000: in no file
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
-@given(docs=wide_files, context=wide_contexts)
+@given(docs=st.lists(st.lists(st.sampled_from(WIDE), max_size=40), max_size=4),
+       context=st.lists(st.sampled_from([*WIDE, 300_000]), max_size=20))  # 300,000: in no file
 def test_search_with_a_large_vocabulary_equals_brute_force(docs, context):
-    store = Datastore.build([np.array(d, np.int32) for d in docs])
-    length, counts = brute_counts(docs, context)
-    found, ranks = store.search(np.array(context, np.int32))
-    assert found == length
-    assert len(ranks) == (len(brute_occurrences(docs, context[-length:])) if length else 0)
-    for start in store.suffixes[ranks].tolist():
-        assert store.tokens[start:start + length].tolist() == context[-length:]
-    assert trie_counts(store.trie(np.array(context, np.int32))) == dict(counts)
+    check_search_and_prefix_counts(docs, context)
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
