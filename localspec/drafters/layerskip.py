@@ -9,8 +9,9 @@ are scored for all e in the one forward that gives the full model's tokens; then
 every few evaluations, from Bayesian optimisation (a Gaussian process over skip bits with
 expected improvement). A candidate's value is the speed it
 promises: expected tokens per unit of time of the best draft tree its guesses allow, at its
-measured cost. Optimising stops once the first guess is right often enough (or after a budget
-of evaluations) and the winner is cached per model and task type.
+measured cost. Optimising stops once the first guess is right often enough, after a budget
+of evaluations, or at half that budget when no set promises to beat the bar (plain decoding, or
+for polybasic its model-free chain), and the winner is cached per model and task type.
 
 Drafting plans a tree of rank paths each step: the node (0, 2) is the skipped model's third
 guess after its first guess. How likely each rank is right at each depth is learnt online;
