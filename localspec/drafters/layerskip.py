@@ -394,8 +394,6 @@ class LayerSkipDrafter:
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
         self._guessed = {}
         self._budget = budget
-        if not self.settled:
-            self.optimise()
         if self.skip is None or budget <= 0:
             return DraftTree.empty(self.name)
         paths, speed = self.plan(budget)
@@ -421,6 +419,8 @@ class LayerSkipDrafter:
     def observe(self, tree: DraftTree, logits: np.ndarray, verdict: Verdict) -> None:
         if tree.source == self.name:
             self.record(tree, verdict)
+        if not self.settled:  # after the verdict: the engine times only propose as drafting
+            self.optimise()
 
     def record(self, tree: DraftTree, verdict: Verdict) -> None:
         """Learn from a verified tree this drafter drafted which rank was right at each depth

@@ -202,9 +202,6 @@ class PolybasicDrafter:
         return tokens / seconds * float(self.curve.time(1))
 
     def propose(self, history: np.ndarray, budget: int) -> DraftTree:
-        if not self.skipper.settled:  # a search step: a one-off cost, not the chain's
-            self.skipper.bar = self.free_speed()
-            self.skipper.optimise()
         start = time.perf_counter()
         tree = self.free.propose(history, budget)  # cheap; its regime picks the estimates
         regime = without_match(tree.source)  # "auto:retrieval" or "auto:recycling"
@@ -255,8 +252,16 @@ class PolybasicDrafter:
         own = tree.source.removeprefix(self.label("free", ""))
         as_drafted = tree if own == tree.source else DraftTree(tree.tokens, tree.parents, own, tree.sized)
         self.free.observe(as_drafted, logits, verdict)
-        if self._pending is None:
-            return
+        if self._pending is not None:
+            self.learn_chains(tree, verdict)
+        if not self.skipper.settled:
+            # a search step runs here, after the verdict, not in propose: the engine times propose
+            # as drafting, and the budget would take the search for every step's drafting cost
+            self.skipper.bar = self.free_speed()
+            self.skipper.optimise()
+
+    def learn_chains(self, tree: DraftTree, verdict: Verdict) -> None:
+        """What the step that ran the pending chain says of it and of the model-free chain."""
         regime, chain, seconds, free_tree = self._pending
         self._pending = None
         stats = self.chain_stats(regime)

@@ -78,6 +78,13 @@ def test_layerskip_declines_to_draft_when_it_does_not_pay_but_still_probes(torch
     assert sizes[4:7] == [0, 0, 0] and drafter.level_seconds is not None
 
 
+def after_a_verdict(drafter, backend, prompt: np.ndarray) -> None:
+    """What the engine does after a verify of nothing: the drafter observes the verdict (and
+    takes a search step then, while its skip set is not settled)."""
+    drafter.observe(DraftTree.empty("none"), np.zeros((1, backend.n_vocab), np.float32),
+                    Verdict([], [int(prompt[-1])]))
+
+
 def search_until_settled(backend, curve: CostCurve, settings: LayerSkipSettings, task: str,
                          seed: int, bar: float = 1.0) -> tuple[LayerSkipDrafter, np.ndarray]:
     """A skipper that optimised its skip set over random text until it settled."""
@@ -88,7 +95,7 @@ def search_until_settled(backend, curve: CostCurve, settings: LayerSkipSettings,
     backend.prefill(prompt[:-1].tolist())
     drafter.begin(prompt[:20])
     while not drafter.settled:
-        drafter.propose(prompt, 4)
+        after_a_verdict(drafter, backend, prompt)
     return drafter, prompt
 
 
@@ -108,13 +115,13 @@ def test_skip_sets_are_scored_against_the_full_model_from_the_first_step(torch_b
     torch_backend.truncate(0)
     torch_backend.prefill(prompt[:-1].tolist())
     drafter.begin(prompt)
-    drafter.propose(prompt, 4)
+    after_a_verdict(drafter, torch_backend, prompt)
     assert drafter.evals == 0  # the first step scores the exits
     first, inputs, targets = drafter._window
     assert first == 29 - FAST.window and inputs.tolist() == prompt[first:29].tolist()
     assert drafter.rank_rates(SkipSet())[0] == 1.0
     n_layer = torch_backend.model.args.n_layer
-    drafter.propose(prompt, 4)  # then the MLP tails, shortest first
+    after_a_verdict(drafter, torch_backend, prompt)  # then the MLP tails, shortest first
     assert drafter.evals == 1 and not drafter.search.X and len(drafter._tails) == n_layer - 2
 
 
@@ -154,9 +161,30 @@ def test_polybasic_holds_the_search_to_what_its_model_free_chain_delivers(torch_
         torch_backend.prefill(prompt[:-1].tolist())
         poly.begin(prompt[:20])
         while not poly.skipper.settled:
-            poly.propose(prompt, 4)
+            after_a_verdict(poly, torch_backend, prompt)
         evals[name] = poly.skipper.evals
     assert evals == {"weak": settings.max_evals, "strong": settings.max_evals // 2}
+
+
+@pytest.mark.parametrize("name", ["layerskip", "polybasic"])
+def test_search_steps_run_after_the_verdict_not_while_drafting(torch_backend, name):
+    """The engine times propose as the step's drafting, and the budget takes that time as what
+    drafting costs every step; a skip-set search step is a one-off cost and must not be in it."""
+    drafter = torch_drafter_factory(torch_backend, CURVE, FAST)(name)
+    skipper = drafter if name == "layerskip" else drafter.skipper
+    skipper.fixed_task = f"after-verdict-{name}"
+    prompt = np.random.default_rng(4).integers(0, torch_backend.n_vocab, 30).astype(np.int32)
+    torch_backend.truncate(0)
+    torch_backend.prefill(prompt[:-1].tolist())
+    drafter.begin(prompt)
+    for _ in range(3):
+        before = (skipper._window is not None, skipper.evals)
+        tree = drafter.propose(prompt, 4)
+        assert (skipper._window is not None, skipper.evals) == before  # drafting searched nothing
+        drafter.observe(tree, np.zeros((1 + len(tree), torch_backend.n_vocab), np.float32),
+                        Verdict([], [int(prompt[-1])]))
+        assert (skipper._window is not None, skipper.evals) != before  # the verdict took a step
+    assert skipper.evals == 2  # the exits, then two MLP tails
 
 
 def test_search_never_skips_first_or_last_layer_and_bo_proposes_untried():
@@ -430,6 +458,7 @@ def test_the_model_free_drafter_learns_its_own_trees_under_its_own_labels(torch_
 def test_polybasic_teaches_the_skipper_from_its_chains_verdicts(torch_backend):
 
     poly = PolybasicDrafter(torch_backend, CURVE, settings=FAST)
+    poly.skipper.settled = True  # no search step after the verdict
     tree = DraftTree(np.array([5, 6, 7], np.int32), np.array([-1, -1, 0], np.int32), "layerskip")
     poly.skipper._guessed = {-1: np.array([5, 6, 4, 3]), 0: np.array([7, 1, 2, 3])}
     poly._pending = ("auto:recycling", "skip", 0.01, None)
