@@ -48,7 +48,7 @@ def bench(opts: ModelOptions, prompts_path, methods,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from localspec import bench as b
-    from localspec.drafters import DRAFTERS, TORCH_DRAFTERS, make_drafter
+    from localspec.drafters import DRAFTERS, INDEXED_DRAFTERS, TORCH_DRAFTERS, make_drafter
     from localspec.indexing import check_index, read_index
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -60,7 +60,8 @@ def bench(opts: ModelOptions, prompts_path, methods,
                                f"choose from {', '.join(known)}{hint}")
     if repeats < 1:
         raise click.UsageError("--repeats must be >= 1")
-    if index_path and not {"auto", "retrieval"} & set(names):
+    indexed = [name for name in names if name in INDEXED_DRAFTERS]
+    if index_path and not indexed:
         raise click.UsageError("--index is used by the auto and retrieval methods only; bench one of them")
     store = read_index(index_path) if index_path else None
     if "none" not in names:
@@ -76,7 +77,7 @@ def bench(opts: ModelOptions, prompts_path, methods,
     with backend:
         if store is not None:
             check_index(store, index_path, backend)
-            for name in {"auto", "retrieval"} & set(names):
+            for name in indexed:
                 engine.drafters[name] = make_drafter(name, store)
         if prime:
             note(f"primed the recycling matrix for {b.prime_drafters(engine, names)} tokens")

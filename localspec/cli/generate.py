@@ -113,6 +113,8 @@ def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, 
 
 
 def check_drafting(drafter: str, index_path: str | None, opts: ModelOptions) -> None:
+    from localspec.drafters import INDEXED_DRAFTERS
+
     check_drafter(drafter, opts.runtime)
-    if index_path and drafter not in ("auto", "retrieval"):
+    if index_path and drafter not in INDEXED_DRAFTERS:
         raise click.UsageError("--index is used by the auto and retrieval drafters only")

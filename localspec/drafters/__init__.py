@@ -13,6 +13,7 @@ from localspec.errors import InvalidSettingsError
 DRAFTERS = {"none": NoDrafter, "lookup": PromptLookupDrafter, "recycling": TokenRecyclingDrafter,
             "retrieval": SuffixAutomatonDrafter, "auto": AutoDrafter}
 TORCH_DRAFTERS = ("layerskip", "polybasic")  # they run the model: made by the torch backend's factory
+INDEXED_DRAFTERS = ("auto", "retrieval")  # they draft from a datastore too, given one (`--index`)
 
 
 def make_drafter(name: str, datastore: Datastore | None = None) -> Drafter:
