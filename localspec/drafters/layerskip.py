@@ -11,7 +11,8 @@ expected improvement). A candidate's value is the speed it
 promises: expected tokens per unit of time of the best draft tree its guesses allow, at its
 measured cost. Optimising stops once the first guess is right often enough, after a budget
 of evaluations, or at half that budget when no set promises to beat the bar (plain decoding, or
-for polybasic its model-free chain), and the winner is cached per model and task type.
+for polybasic its model-free chain), and the winner is cached per model and task type (the
+search's proposals and the cache: `skipsets.py`).
 
 Drafting plans a tree of rank paths each step: the node (0, 2) is the skipped model's third
 guess after its first guess. How likely each rank is right at each depth is learnt online;
@@ -25,7 +26,6 @@ early when the draft's top-1 confidence falls below a threshold (SWIFT).
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -37,7 +37,7 @@ from localspec.backends.torch_backend import TorchBackend, chain_parents
 from localspec.backends.torch_model import FULL, SkipSet
 from localspec.budget import CostCurve, model_fingerprint
 from localspec.drafters.recycling import RankTemplate
-from localspec.paths import cache_dir
+from localspec.drafters.skipsets import SkipSetSearch, SkipSetStore
 from localspec.sampling import GumbelNoise
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
@@ -128,115 +128,6 @@ def rank_frequencies(top: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return (top == np.asarray(targets)[:, None]).mean(axis=0)
 
 
-class SkipSetSearch:
-    """Random search plus Bayesian optimisation over the bits of optimisable sublayers."""
-
-    def __init__(self, n_layer: int, settings: LayerSkipSettings) -> None:
-        self.n_layer = n_layer
-        self.settings = settings
-        # never the first or last layer (SWIFT); bits: attn of layers 1..L-2, then their MLPs
-        self.layers = list(range(1, n_layer - 1))
-        self.rng = np.random.default_rng(settings.seed)
-        self.tried: dict[bytes, float] = {}
-        self.X: list[np.ndarray] = []
-        self.y: list[float] = []
-
-    def to_skip(self, bits: np.ndarray) -> SkipSet:
-        m = len(self.layers)
-        return SkipSet(frozenset(self.layers[i] for i in np.flatnonzero(bits[:m])),
-                       frozenset(self.layers[i] for i in np.flatnonzero(bits[m:])))
-
-    def first(self) -> np.ndarray:
-        """SWIFT's start: every other optimisable layer skipped (attention and MLP)."""
-        odd = np.array([i % 2 == 1 for i in self.layers], np.int8)
-        return np.concatenate([odd, odd])
-
-    def record(self, bits: np.ndarray, value: float) -> None:
-        self.tried[bits.tobytes()] = value
-        self.X.append(bits.astype(float))
-        self.y.append(value)
-
-    def propose(self) -> np.ndarray | None:
-        if not self.X:
-            return self.first()
-        pool = self._pool(256)
-        if not pool:
-            return None
-        if len(self.X) % self.settings.bo_every == 0 and len(self.X) >= 4:
-            return pool[int(np.argmax(self._expected_improvement(np.array(pool, float))))]
-        best = self.X[int(np.argmax(self.y))].astype(np.int8)
-        local = [b for b in pool if np.abs(b - best).sum() <= 2]
-        return (local or pool)[int(self.rng.integers(len(local or pool)))]
-
-    def _pool(self, size: int) -> list[np.ndarray]:
-        """Untried candidates: all of them for small models, random ones otherwise."""
-        n_bits = 2 * len(self.layers)
-        limit = max(1, int(self.settings.max_skip_ratio * n_bits))
-        if n_bits <= 12:
-            grid = ((np.arange(2 ** n_bits)[:, None] >> np.arange(n_bits)) & 1).astype(np.int8)
-        else:
-            grid = (self.rng.random((size, n_bits)) < self.rng.random((size, 1)) * 0.75).astype(np.int8)
-        grid = grid[(grid.sum(1) >= 1) & (grid.sum(1) <= limit)]
-        return [b for b in grid if b.tobytes() not in self.tried]
-
-    def _expected_improvement(self, cand: np.ndarray, length: float = 2.0, noise: float = 1e-3
-                              ) -> np.ndarray:
-        """GP posterior (RBF on Hamming distance) -> expected improvement over the best value."""
-        X, y = np.array(self.X), np.array(self.y)
-        mu0, sd0 = y.mean(), y.std() + 1e-9
-        z = (y - mu0) / sd0
-
-        def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            return np.exp(-np.abs(a[:, None, :] - b[None, :, :]).sum(-1) / length)
-
-        K = kernel(X, X) + noise * np.eye(len(X))
-        Ks = kernel(cand, X)
-        alpha = np.linalg.solve(K, z)
-        mean = Ks @ alpha
-        var = np.clip(1.0 - np.einsum("ij,ji->i", Ks, np.linalg.solve(K, Ks.T)), 1e-12, None)
-        sd = np.sqrt(var)
-        gap = (mean - z.max()) / sd
-        cdf = 0.5 * (1 + np.vectorize(math.erf)(gap / np.sqrt(2)))
-        pdf = np.exp(-gap ** 2 / 2) / np.sqrt(2 * np.pi)
-        return (mean - z.max()) * cdf + sd * pdf
-
-
-class SkipSetStore:
-    """Optimised skip sets on disk, per model fingerprint and task type."""
-
-    def __init__(self, model_key: str) -> None:
-        self.path = cache_dir() / "skip_sets.json"
-        self.model_key = model_key
-
-    def _read(self) -> dict:
-        try:
-            return json.loads(self.path.read_text()) if self.path.exists() else {}
-        except (OSError, ValueError):
-            return {}
-
-    def load(self, task: str) -> tuple[SkipSet | None, np.ndarray] | None:
-        """(skip set, how often each of its guesses was right); a None set records that no set
-        beat plain decoding."""
-        entry = self._read().get(f"{self.model_key}|{task}")
-        if not entry:
-            return None
-        ranks = np.asarray(entry.get("ranks") or [entry["score"]], float)  # older entries: top-1 only
-        if entry.get("attn") is None:
-            return None, ranks
-        return SkipSet(frozenset(entry["attn"]), frozenset(entry["mlp"])), ranks
-
-    def save(self, task: str, skip: SkipSet | None, ranks: np.ndarray) -> None:
-        data = self._read()
-        data[f"{self.model_key}|{task}"] = {"attn": None if skip is None else sorted(skip.attn),
-                                            "mlp": None if skip is None else sorted(skip.mlp),
-                                            "score": float(ranks[0]) if len(ranks) else 0.0,
-                                            "ranks": [round(float(r), 4) for r in ranks]}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{id(self)}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(self.path)
-
-
 def guesses(logits: torch.Tensor, positions: np.ndarray | list[int], noise: GumbelNoise | None,
             k: int = 1) -> torch.Tensor:
     """The k best guesses [rows, k] at each row's `positions` (the token after the row): the top k
@@ -325,7 +216,7 @@ class LayerSkipDrafter:
         self.settings = settings = settings or LayerSkipSettings()
         self.fixed_task = task
         n_layer = backend.model.args.n_layer
-        self.search = SkipSetSearch(n_layer, settings)
+        self.search = self.new_search()
         self.store = SkipSetStore(f"{model_fingerprint(backend.info.path)}|{n_layer}")
         sizes = np.arange(1, 34)
         t = curve.time(sizes) if curve is not None else 1.0 + 0.02 * (sizes - 1)
@@ -350,6 +241,10 @@ class LayerSkipDrafter:
         self.evals = 0  # counters, reported by whoever wants them
         self.search_seconds = 0.0
 
+    def new_search(self) -> SkipSetSearch:
+        s = self.settings
+        return SkipSetSearch(self.backend.model.args.n_layer, s.bo_every, s.max_skip_ratio, s.seed)
+
     @property
     def score(self) -> float:
         """How often the skip set's first guess was right when it was chosen."""
@@ -367,7 +262,7 @@ class LayerSkipDrafter:
         if task != self.task or self.skip is None:
             self.task = task
             cached = self.store.load(task)
-            self.search = SkipSetSearch(self.backend.model.args.n_layer, self.settings)
+            self.search = self.new_search()
             self._tails = self.mlp_tails()
             if cached is not None:
                 self.skip, self.ranks = cached

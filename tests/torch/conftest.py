@@ -7,6 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from localspec.backends.torch_backend import TorchBackend, TorchSettings  # noqa: E402
+from localspec.drafters.polybasic import torch_drafter_factory  # noqa: E402
+from localspec.engine import Engine  # noqa: E402
+from tests.torch.drafting import CURVE, FAST  # noqa: E402
 from tests.torch.helpers import build_arch_model  # noqa: E402
 
 
@@ -27,3 +30,9 @@ def torch_backend(torch_model_path):
                                                            n_threads=1, max_tree_nodes=32, scratch_slots=64))
     yield backend
     backend.close()
+
+
+@pytest.fixture()
+def engine(torch_backend):
+    """An engine over the tiny model whose layerskip and polybasic search quickly (FAST)."""
+    return Engine(torch_backend, new_drafter=torch_drafter_factory(torch_backend, CURVE, FAST))
