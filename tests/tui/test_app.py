@@ -6,7 +6,7 @@ import threading
 from functools import partial
 
 from textual.command import CommandList, CommandPalette
-from textual.widgets import Input, TextArea
+from textual.widgets import Input, Label, TextArea
 
 from tests.tui.conftest import (
     SETTINGS,
@@ -297,3 +297,15 @@ async def test_the_memory_timer_firing_during_teardown_is_harmless(make_app):
         await ready(app, pilot)
         await app.query_one(StatusBar).remove()  # as the app leaves, the bar goes first
         app.refresh_memory()  # the 2-second interval ticks once more
+
+
+@async_test
+async def test_the_memory_timer_firing_while_the_status_labels_go_is_harmless(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        bar = app.query_one(StatusBar)
+        await bar.query_one("#state").remove()  # the bar's labels are removed before the bar
+        app.refresh_memory()
+        resources = bar.query_one("#resources", Label)
+        assert str(resources.render()) == bar.info.resources()  # the labels left still update

@@ -22,6 +22,7 @@ class StatusBar(Horizontal):
         yield Label(id="resources")
 
     def watch_info(self, info: StatusInfo) -> None:
-        self.query_one("#state", Label).update(info.state)
-        self.query_one("#speed", Label).update(info.speed())
-        self.query_one("#resources", Label).update(info.resources())
+        # every label still there: the app's memory timer can fire once more while they are removed
+        texts = {"state": info.state, "speed": info.speed(), "resources": info.resources()}
+        for label in self.query(Label):
+            label.update(texts[label.id])
