@@ -179,18 +179,25 @@ class Block(nn.Module):
         return batch_invariant_linear(x, w, b) if self.exact else F.linear(x, w, b)
 
 
+def take_block(weights: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    """Remove block i's tensors from `weights`, named without the "blk.i." prefix."""
+    prefix = f"blk.{i}."
+    names = [name for name in weights if name.startswith(prefix)]
+    return {name.removeprefix(prefix): weights.pop(name) for name in names}
+
+
 class Transformer(nn.Module):
     def __init__(self, args: ModelArgs, weights: dict[str, torch.Tensor], n_slots: int,
                  exact: bool = True) -> None:
+        """Build the model from GGUF-named tensors. Block tensors are taken out of `weights` as
+        each block fuses them (q/k/v, gate/up), so the unfused ones are freed block by block and
+        loading never holds the fused weights twice."""
         super().__init__()
         self.args = args
         self.embed = weights["token_embd.weight"]
         self.output = weights.get("output.weight", self.embed)  # tied when absent
         self.norm = RMSNorm(weights["output_norm.weight"], args.rms_eps)
-        self.layers = nn.ModuleList(
-            Block(args, {k.split(".", 2)[2]: v for k, v in weights.items() if k.startswith(f"blk.{i}.")},
-                  exact)
-            for i in range(args.n_layer))
+        self.layers = nn.ModuleList(Block(args, take_block(weights, i), exact) for i in range(args.n_layer))
         device = self.embed.device
         cos, sin = rope_tables(args, n_slots, weights.get("rope_freqs.weight"))
         self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
@@ -272,12 +279,10 @@ def read_args(reader: gguf.GGUFReader) -> ModelArgs:
         rope_neox=neox, qkv_bias=bias)
 
 
-def load_gguf(path: str | Path, n_slots: int, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32, exact: bool | None = None) -> Transformer:
-    """Dequantise every tensor of a GGUF into `dtype` on `device` and build the model.
-
-    exact (default: on CPU) makes a row's result independent of the batch it is in (float64
-    attention, padded matmuls), so speculation reproduces one-token decoding bit for bit."""
+def read_weights(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+                 ) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
+    """The model's shape and every tensor of a GGUF dequantised into `dtype` on `device`, one at
+    a time (norms and rope factors stay float32)."""
     try:
         reader = gguf.GGUFReader(str(path))
     except (OSError, ValueError) as exc:
@@ -285,12 +290,23 @@ def load_gguf(path: str | Path, n_slots: int, device: str | torch.device = "cpu"
     args = read_args(reader)
     weights: dict[str, torch.Tensor] = {}
     for t in reader.tensors:
-        array = gguf.quants.dequantize(t.data, t.tensor_type)
         shape = [int(n) for n in reversed(t.shape)]  # GGUF lists dims innermost first
-        tensor = torch.tensor(np.asarray(array, np.float32).reshape(shape))  # a copy: the file is mapped
+        array = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32).reshape(shape)
+        if not array.flags.writeable:  # an f32 tensor's data is a view of the mapped file
+            array = array.copy()
         # norms stay f32 (as llama.cpp keeps them); rope factors must not be rounded
-        keep_f32 = tensor.ndim == 1 and not t.name.endswith(".bias")
-        weights[t.name] = tensor.to(device=device, dtype=torch.float32 if keep_f32 else dtype)
+        f32 = array.ndim == 1 and not t.name.endswith(".bias")
+        weights[t.name] = torch.from_numpy(array).to(device=device, dtype=torch.float32 if f32 else dtype)
+    return args, weights
+
+
+def load_gguf(path: str | Path, n_slots: int, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32, exact: bool | None = None) -> Transformer:
+    """Dequantise every tensor of a GGUF into `dtype` on `device` and build the model.
+
+    exact (default: on CPU) makes a row's result independent of the batch it is in (float64
+    attention, padded matmuls), so speculation reproduces one-token decoding bit for bit."""
+    args, weights = read_weights(path, device, dtype)
     with torch.device(device):
         exact = str(device) == "cpu" if exact is None else exact
         return Transformer(args, weights, n_slots, exact).eval()

@@ -1,12 +1,17 @@
-"""Tree attention through the mask equals one-token decoding; skipping nothing is the full model."""
+"""Tree attention through the mask equals one-token decoding; skipping nothing is the full model;
+loading holds the weights once."""
 
 from __future__ import annotations
+
+import gc
+import weakref
 
 import numpy as np
 import torch
 
+from localspec.backends import torch_model
 from localspec.backends.torch_backend import TorchBackend, TorchSettings
-from localspec.backends.torch_model import FULL, SkipSet
+from localspec.backends.torch_model import FULL, SkipSet, Transformer, read_weights
 from localspec.tree import DraftTree
 
 
@@ -86,3 +91,24 @@ def test_empty_skip_set_is_the_full_model_and_skipping_changes_it(torch_backend)
     assert np.array_equal(run(FULL), full) and run(FULL).shape == (n,)
     assert np.array_equal(run(SkipSet()), full)
     assert not np.allclose(run(SkipSet(frozenset({1}), frozenset({1, 2}))), full, atol=1e-3)
+
+
+def test_loading_frees_each_blocks_unfused_weights_before_the_next_block(torch_model_path, monkeypatch):
+    """A block fuses q/k/v and gate/up into new tensors; were the unfused ones kept until the
+    model is built, loading would hold those weights twice (GPU memory included)."""
+    args, weights = read_weights(torch_model_path)
+    unfused = [weakref.ref(weights[f"blk.{i}.{name}.weight"])
+               for i in range(args.n_layer) for name in ("attn_q", "ffn_gate")]
+    alive_when_built: list[list[bool]] = []
+    build = torch_model.Block.__init__
+
+    def spy(self, *a, **kw):
+        gc.collect()
+        alive_when_built.append([ref() is not None for ref in unfused])
+        build(self, *a, **kw)
+
+    monkeypatch.setattr(torch_model.Block, "__init__", spy)
+    Transformer(args, weights, n_slots=64)
+    for i, alive in enumerate(alive_when_built):  # block i: the earlier blocks' are gone
+        assert alive == [layer >= i for layer in range(args.n_layer) for _ in range(2)]
+
