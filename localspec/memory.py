@@ -7,7 +7,8 @@ requested for tree rows, never for the whole batch) and drafter state. Measured:
 scratch (activations and CPU work buffers, which grow with n_batch) and the process's own
 baseline, by loading the model in a fresh process with given settings, running a full-batch
 prefill and maximal tree verifies, and reading its peak RSS. `calibrate` fits the scratch
-from two such runs and caches it per model.
+from two such runs and caches it per model. The torch backend (`estimate_torch`) holds every
+weight dequantised in its dtype and a cache sized to the context; its terms are computed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from localspec.settings import BackendSettings
 MiB = 1 << 20
 CTX_PAD = 256  # llama.cpp rounds the context up to a multiple of 256 cells
 AUTOMATON_BYTES_PER_TOKEN = 512  # suffix automaton: ~2 states a token, a dict and three list slots each
+TORCH_RUNTIME_BYTES = 288 * MiB  # a CLI process with torch loaded (231 MiB after importing it, CPU build)
 DRAFTER_STATE = {"none": (), "lookup": (), "retrieval": ("automaton",), "recycling": ("recycling",),
                  "auto": ("automaton", "recycling")}
 
@@ -60,6 +62,8 @@ class ModelMemory:
     layer_bytes: tuple[int, ...]  # weights of block i
     embd_bytes: int  # token embeddings: llama.cpp keeps them on the CPU
     output_bytes: int  # output norm and matrix: offloaded only with every layer
+    n_params: int = 0  # elements of every tensor: what the torch backend dequantises
+    largest_tensor: int = 0  # elements of the largest one
 
     @property
     def weights_bytes(self) -> int:
@@ -94,6 +98,7 @@ class ModelMemory:
         n_head_kv = int(value(f"{arch}.attention.head_count_kv", n_head))
         layer_bytes = [0] * n_layer
         embd = output = 0
+        sizes = [int(t.n_elements) for t in reader.tensors]
         for tensor in reader.tensors:
             match = re.match(r"blk\.(\d+)\.", tensor.name)
             if match and int(match.group(1)) < n_layer:
@@ -109,7 +114,8 @@ class ModelMemory:
                    head_dim_v=int(value(f"{arch}.attention.value_length", n_embd // n_head)),
                    n_ff=int(value(f"{arch}.feed_forward_length", 4 * n_embd)),
                    n_vocab=n_vocab, context_length=int(value(f"{arch}.context_length", 0)),
-                   layer_bytes=tuple(layer_bytes), embd_bytes=embd, output_bytes=output)
+                   layer_bytes=tuple(layer_bytes), embd_bytes=embd, output_bytes=output,
+                   n_params=sum(sizes), largest_tensor=max(sizes, default=0))
 
 
 @dataclass(frozen=True)
@@ -222,6 +228,43 @@ def estimate(model: ModelMemory, settings: BackendSettings, tree_nodes: int, dra
         compute_device=compute if n_gpu else 0,
         drafter=drafter_bytes(drafter, model, n_ctx),
     )
+
+
+@dataclass(frozen=True)
+class TorchMemory:
+    """What the torch backend keeps where: weights and cache in `dtype_bytes` on the GPU or not."""
+
+    dtype_bytes: int
+    on_gpu: bool
+    file_bytes: int  # the GGUF, mapped while it is dequantised
+    max_tree_nodes: int = 128  # TorchSettings' defaults: cache slots past the context
+    scratch_slots: int = 192
+    prefill_chunk: int = 256
+    runtime_bytes: int = TORCH_RUNTIME_BYTES
+
+
+def estimate_torch(model: ModelMemory, settings: BackendSettings, tree_nodes: int, drafter: str,
+                   torch_memory: TorchMemory) -> MemoryBreakdown:
+    """Predicted peak memory of the torch backend: the dequantised weights, a cache of n_ctx plus
+    tree and scratch slots, and the larger of loading's extra (the mapped file and one tensor in
+    float32) and a prefill chunk's work (activations, float64 attention scores on the CPU)."""
+    t = torch_memory
+    n_ctx = settings.n_ctx or model.context_length
+    slots = n_ctx + t.max_tree_nodes + 1 + t.scratch_slots
+    weights = model.n_params * t.dtype_bytes
+    kv = model.n_layer * model.n_head_kv * (model.head_dim_k + model.head_dim_v) * t.dtype_bytes * slots
+    rows = t.prefill_chunk
+    work = rows * (3 * model.n_ff + 8 * model.n_embd) * 4
+    if not t.on_gpu:  # exact attention: float64 scores and keys/values widened per head
+        work += model.n_head * slots * (2 * rows + 2 * model.head_dim_k) * 8
+    loading = t.file_bytes + 2 * model.largest_tensor * 4
+    logits = (tree_nodes + 1) * model.n_vocab * 4
+    gpu, cpu = (1, 0) if t.on_gpu else (0, 1)
+    return MemoryBreakdown(
+        runtime=t.runtime_bytes, weights_host=cpu * weights, weights_device=gpu * weights,
+        kv_host=cpu * kv, kv_device=gpu * kv, logits=2 * logits,  # on the device and copied out
+        compute_host=loading if t.on_gpu else max(loading, work), compute_device=gpu * work,
+        drafter=drafter_bytes(drafter, model, n_ctx))
 
 
 # -- measuring --------------------------------------------------------------------------------

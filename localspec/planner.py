@@ -18,7 +18,15 @@ import numpy as np
 from localspec.budget import CostCurve
 from localspec.device import DeviceInfo
 from localspec.errors import LocalspecError
-from localspec.memory import MemoryBreakdown, MiB, ModelMemory, ScratchModel, estimate
+from localspec.memory import (
+    MemoryBreakdown,
+    MiB,
+    ModelMemory,
+    ScratchModel,
+    TorchMemory,
+    estimate,
+    estimate_torch,
+)
 from localspec.settings import BackendSettings
 
 GiB = 1 << 30
@@ -148,12 +156,16 @@ def _moves(state: PlanState, fixed: frozenset[str]) -> list[list[tuple[str, Plan
 
 class Planner:
     def __init__(self, model: ModelMemory, device: DeviceInfo, scratch: ScratchModel,
-                 speed: SpeedModel | None = None, n_threads: int = 1) -> None:
+                 speed: SpeedModel | None = None, n_threads: int = 1,
+                 torch: TorchMemory | None = None) -> None:
+        """`torch` plans for the torch backend instead of llama.cpp: its weights are dequantised
+        whole onto one device, so only the context is traded."""
         self.model = model
         self.device = device
         self.scratch = scratch
         self.speed = speed or SpeedModel()
         self.n_threads = n_threads
+        self.torch = torch
 
     def settings(self, state: PlanState, base: BackendSettings) -> BackendSettings:
         paths = max(1, min(base.max_tree_paths, state.tree_nodes or 1, state.n_batch))
@@ -161,7 +173,13 @@ class Planner:
                        n_gpu_layers=state.n_gpu_layers, max_tree_paths=paths, n_threads=self.n_threads)
 
     def memory(self, state: PlanState, base: BackendSettings) -> MemoryBreakdown:
-        return estimate(self.model, self.settings(state, base), state.tree_nodes, state.drafter, self.scratch)
+        settings = self.settings(state, base)
+        if self.torch is not None:
+            return estimate_torch(self.model, settings, state.tree_nodes, state.drafter, self.torch)
+        return estimate(self.model, settings, state.tree_nodes, state.drafter, self.scratch)
+
+    def on_gpu(self, state: PlanState) -> bool:
+        return self.torch.on_gpu if self.torch is not None else state.n_gpu_layers > 0
 
     def limits(self, budget: int | None, on_gpu: bool) -> tuple[int, int]:
         """Usable host and device bytes, less a safety margin (llama.cpp's --fit keeps one too)."""
@@ -193,10 +211,12 @@ class Planner:
              drafter: str = "auto", fixed: frozenset[str] = frozenset()) -> Plan:
         """The preferred configuration, stepped down until it fits `budget` (None: what is free)."""
         base = base or BackendSettings(n_threads=self.n_threads)
+        if self.torch is not None:
+            fixed = fixed | {"tree_nodes", "drafter", "n_batch", "kv_type", "n_gpu_layers"}
         state = self.initial(base, tree_nodes, drafter, fixed)
         traded: list[str] = []
         while True:
-            host_limit, device_limit = self.limits(budget, state.n_gpu_layers > 0)
+            host_limit, device_limit = self.limits(budget, self.on_gpu(state))
             mem = self.memory(state, base)
             if mem.host <= host_limit and mem.device <= device_limit:
                 break
@@ -233,7 +253,11 @@ class Planner:
         where = f"the budget of {format_bytes(budget)}" if budget is not None else "the free memory"
         need = mem.host if mem.host > host_limit else mem.device
         limit = host_limit if mem.host > host_limit else device_limit
-        return (f"the model does not fit in {where}: the smallest plan (context {state.n_ctx}, "
-                f"batch {state.n_batch}, kv {state.kv_type}, {state.n_gpu_layers} GPU layers) needs "
+        if self.torch is None:
+            shape = (f"context {state.n_ctx}, batch {state.n_batch}, kv {state.kv_type}, "
+                     f"{state.n_gpu_layers} GPU layers")
+        else:
+            shape = f"context {state.n_ctx} on the torch backend"
+        return (f"the model does not fit in {where}: the smallest plan ({shape}) needs "
                 f"{format_bytes(need)}, {format_bytes(mem.weights_host + mem.weights_device)} of it weights, "
                 f"and {format_bytes(limit)} is usable")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -12,6 +13,7 @@ from localspec.models import ModelChoice, choose_model
 from localspec.settings import KV_CACHE_TYPES, BackendSettings, default_threads
 
 if TYPE_CHECKING:
+    from localspec.memory import TorchMemory
     from localspec.planner import Plan
     from localspec.profiles import Profile
 
@@ -147,17 +149,33 @@ def resolve_settings(opts: ModelOptions, model_path=None, measure: bool = True) 
     available = device.gpu_free if device.kind != "cpu" else device.ram_available
     budget = parse_budget(budget_text, available)
     model = ModelMemory.from_gguf(path)
-    scratch = cached_scratch(path, values["n_threads"])
-    if scratch is None and measure:
+    torch = torch_memory(opts, path) if opts.backend == "torch" else None
+    scratch = None if torch else cached_scratch(path, values["n_threads"])  # llama.cpp's, measured
+    if scratch is None and torch is None and measure:
         note("measuring this model's working memory once (cached for next time)")
         scratch = calibrate(path, values["n_threads"])
     measured = profile.measured if profile else {}
     speed = SpeedModel(speedups=measured.get("speedups")) if measured.get("speedups") else SpeedModel()
-    planner = Planner(model, device, scratch or ScratchModel.analytic(model), speed, values["n_threads"])
+    planner = Planner(model, device, scratch or ScratchModel.analytic(model), speed, values["n_threads"],
+                      torch=torch)
     base = BackendSettings(**backend_values | {"n_ctx": values.get("n_ctx", 0)})
     plan = planner.plan(budget, base, tree_nodes=int(values.get("tree_nodes", 64)),
                         drafter=str(values.get("drafter", "auto")), fixed=fixed)
     return ResolvedSettings(plan.settings, plan, profile)
+
+
+def torch_memory(opts: ModelOptions, model_path) -> TorchMemory:
+    """How the torch backend will hold the model: in which dtype, and whether on a GPU."""
+    try:
+        from localspec.backends.torch_backend import TorchSettings
+    except ImportError:
+        raise click.UsageError("--backend torch needs PyTorch: pip install 'localspec[torch]'") from None
+    from localspec.memory import TorchMemory
+
+    settings = TorchSettings(device=opts.device, dtype=opts.dtype)
+    return TorchMemory(dtype_bytes=settings.resolved_dtype().itemsize,
+                       on_gpu=settings.resolved_device().startswith("cuda"),
+                       file_bytes=Path(model_path).stat().st_size)
 
 
 def resolve_model(opts: ModelOptions) -> ModelChoice:

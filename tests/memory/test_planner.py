@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from localspec.device import DeviceInfo, GpuDevice
-from localspec.memory import MiB, ModelMemory, ScratchModel
+from localspec.memory import MiB, ModelMemory, ScratchModel, TorchMemory
 from localspec.planner import GiB, MemoryBudgetError, Planner, parse_budget
 from localspec.settings import BackendSettings
 
@@ -101,3 +103,38 @@ def test_gpu_gets_every_layer_that_fits_and_loses_layers_last():
     first_gpu = next(i for i, t in enumerate(tight.traded) if t.startswith("gpu"))
     assert all(t.startswith(("gpu",)) for t in tight.traded[first_gpu:])
     assert any(t.startswith("context") for t in tight.traded[:first_gpu])
+
+
+def torch_model(ctx: int = 8192) -> ModelMemory:
+    """1B parameters, in 2 GiB of q8_0: what the torch backend dequantises, not what llama.cpp maps."""
+    return replace(model(ctx=ctx), n_params=1_000_000_000, largest_tensor=50_000_000)
+
+
+def test_torch_plans_its_own_weights_and_trades_only_context():
+    bf16 = TorchMemory(dtype_bytes=2, on_gpu=False, file_bytes=1100 * MiB)
+    planner = Planner(torch_model(), CPU, SCRATCH, torch=bf16)
+    loose = planner.plan(None, base())
+    assert loose.traded == () and loose.settings.n_ctx == 8192
+    assert loose.memory.weights_host == 2_000_000_000  # every parameter in bf16
+    f32 = Planner(torch_model(), CPU, SCRATCH, torch=replace(bf16, dtype_bytes=4)).plan(None, base())
+    assert f32.memory.weights_host == 2 * loose.memory.weights_host
+    kv_per_slot = 16 * 4 * (128 + 128) * 2
+    budget = loose.memory.total - 4096 * kv_per_slot  # half the cache's context must go
+    plan = planner.plan(budget, base())
+    assert plan.memory.host <= plan.host_limit <= budget
+    assert plan.traded and all(t.startswith("context") for t in plan.traded)
+    assert plan.settings.n_ctx < 8192 and plan.drafter == "auto" and plan.tree_nodes == 64
+
+
+def test_torch_on_a_gpu_plans_the_device_and_says_when_the_weights_cannot_fit():
+    gpu = DeviceInfo(ram_total=64 * GiB, ram_available=48 * GiB, gpu_offload=True, llama_backends=("CUDA",),
+                     gpus=(GpuDevice(index=0, name="test", kind="cuda", total_bytes=8 * GiB,
+                                     free_bytes=8 * GiB),))
+    planner = Planner(torch_model(), gpu, SCRATCH, torch=TorchMemory(dtype_bytes=2, on_gpu=True,
+                                                                      file_bytes=1100 * MiB))
+    plan = planner.plan(None, base())
+    assert plan.memory.weights_device == 2_000_000_000 and plan.memory.weights_host == 0
+    assert plan.memory.kv_device > 0 and plan.memory.kv_host == 0
+    with pytest.raises(MemoryBudgetError) as err:
+        planner.plan(GiB, base())  # 2 GB of weights in 1 GiB
+    assert "torch backend" in str(err.value) and "\n" not in str(err.value)

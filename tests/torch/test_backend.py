@@ -112,3 +112,12 @@ def test_loading_frees_each_blocks_unfused_weights_before_the_next_block(torch_m
     for i, alive in enumerate(alive_when_built):  # block i: the earlier blocks' are gone
         assert alive == [layer >= i for layer in range(args.n_layer) for _ in range(2)]
 
+
+
+def test_the_memory_model_counts_what_the_torch_backend_loads(torch_model_path):
+    from localspec.memory import ModelMemory
+
+    _, weights = read_weights(torch_model_path)
+    memory = ModelMemory.from_gguf(torch_model_path)
+    assert memory.n_params == sum(t.numel() for t in weights.values())
+    assert memory.largest_tensor == max(t.numel() for t in weights.values())

@@ -58,3 +58,12 @@ def test_a_device_torch_cannot_use_is_a_one_line_error(capsys, torch_model_path)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code != 0 and lines[-1].startswith("localspec: error: device cuda")
     assert "internal error" not in err
+
+
+def test_a_budget_plans_the_torch_backends_memory(capsys, torch_model_path):
+    base = ["generate", "-m", str(torch_model_path), "-p", "def f(x):", "-n", "4", "--threads", "1",
+            "--backend", "torch", "--device", "cpu", "--dtype", "float32", "--no-learn"]
+    code, out, err = run(capsys, *base, "--budget", "4GiB")
+    assert code == 0 and out.strip(), err
+    code, _, err = run(capsys, *base, "--budget", "100MiB")  # torch alone takes more
+    assert code == 1 and "torch backend" in err and "Traceback" not in err
