@@ -23,6 +23,9 @@ def tune(opts: ModelOptions, name, max_tokens) -> None:
     from localspec.settings import default_threads
     from localspec.tune import tune as run_tune
 
+    if opts.backend != "llamacpp" or opts.device or opts.dtype:
+        raise click.UsageError("tune measures the llama.cpp backend; with --backend torch, --budget "
+                               "plans its memory directly")
     choice = resolve_model(opts)
     if choice.is_demo:
         note(choice.describe())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from localspec.cli import main
 from localspec.cli.common import ModelOptions, resolve_settings
 from localspec.drafters import make_drafter
@@ -54,3 +56,11 @@ def test_tune_command_prints_the_plan_and_speedup(capsys, tiny_model, monkeypatc
     assert code == 0
     assert "plan: ctx" in out and "measured speedup" in out and "profile written" in out
     assert load_profile("cli-tune").settings["budget"] == "2GiB"
+
+
+@pytest.mark.parametrize("flags", [["--backend", "torch"], ["--dtype", "float16"]])
+def test_tune_says_it_tunes_llama_cpp_only(capsys, tiny_model, flags):
+    code = main(["tune", "-m", str(tiny_model), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and "llama.cpp" in err and "--budget" in err and "Traceback" not in err
+
