@@ -237,9 +237,9 @@ class TorchMemory:
     dtype_bytes: int
     on_gpu: bool
     file_bytes: int  # the GGUF, mapped while it is dequantised
-    max_tree_nodes: int = 128  # TorchSettings' defaults: cache slots past the context
+    max_tree_nodes: int = 128  # cache slots past the context (TorchSettings)
     scratch_slots: int = 192
-    prefill_chunk: int = 256
+    prefill_chunk: int = 256  # tokens a prefill forward takes (TorchBackend.prefill)
     runtime_bytes: int = TORCH_RUNTIME_BYTES
 
 

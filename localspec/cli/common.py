@@ -175,7 +175,8 @@ def torch_memory(opts: ModelOptions, model_path) -> TorchMemory:
     settings = TorchSettings(device=opts.device, dtype=opts.dtype)
     return TorchMemory(dtype_bytes=settings.resolved_dtype().itemsize,
                        on_gpu=settings.resolved_device().startswith("cuda"),
-                       file_bytes=Path(model_path).stat().st_size)
+                       file_bytes=Path(model_path).stat().st_size,
+                       max_tree_nodes=settings.max_tree_nodes, scratch_slots=settings.scratch_slots)
 
 
 def resolve_model(opts: ModelOptions) -> ModelChoice:
