@@ -89,11 +89,13 @@ class Plan:
     device_limit: int
     traded: tuple[str, ...]
     expected_speedup: float
+    backend: str = "llamacpp"  # or "torch": of the settings, only n_ctx applies to it
 
     def as_dict(self) -> dict:
         s = self.settings
-        return {"n_ctx": s.n_ctx, "n_batch": s.n_batch, "n_gpu_layers": s.n_gpu_layers, "kv_type": s.kv_type,
-                "max_tree_paths": s.max_tree_paths, "tree_nodes": self.tree_nodes, "drafter": self.drafter,
+        return {"backend": self.backend, "n_ctx": s.n_ctx, "n_batch": s.n_batch,
+                "n_gpu_layers": s.n_gpu_layers, "kv_type": s.kv_type, "max_tree_paths": s.max_tree_paths,
+                "tree_nodes": self.tree_nodes, "drafter": self.drafter,
                 "budget": self.budget, "host_limit": self.host_limit, "device_limit": self.device_limit,
                 "memory": self.memory.as_dict(), "traded": list(self.traded),
                 "expected_speedup": round(self.expected_speedup, 3)}
@@ -226,7 +228,8 @@ class Planner:
             traded.append(step[0])
             state = step[1]
         return Plan(self.settings(state, base), state.tree_nodes, state.drafter, mem, budget, host_limit,
-                    device_limit, tuple(traded), self.speed.speed(state))
+                    device_limit, tuple(traded), self.speed.speed(state),
+                    "torch" if self.torch is not None else "llamacpp")
 
     def _cheapest_step(self, state: PlanState, base: BackendSettings, fixed: frozenset[str]
                        ) -> tuple[str, PlanState] | None:

@@ -69,7 +69,10 @@ def _print_plan(data: dict) -> None:
     budget = format_bytes(plan["budget"]) if plan["budget"] is not None else "none"
     click.echo(f"{'budget':>16}: {budget} (usable: host {format_bytes(plan['host_limit'])}, "
                f"device {format_bytes(plan['device_limit'])})")
-    for key in ("n_ctx", "n_batch", "n_gpu_layers", "kv_type", "max_tree_paths", "tree_nodes", "drafter"):
+    torch = plan["backend"] == "torch"  # it takes the context alone from the plan
+    keys = ("backend", "n_ctx") if torch else (
+        "n_ctx", "n_batch", "n_gpu_layers", "kv_type", "max_tree_paths", "tree_nodes", "drafter")
+    for key in keys:
         click.echo(f"{key:>16}: {plan[key]}")
     mem = plan["memory"]
     rows = (("runtime", "runtime", None), ("weights", "weights_host", "weights_device"),
@@ -81,7 +84,8 @@ def _print_plan(data: dict) -> None:
     click.echo(f"{'total':>16}: {format_bytes(mem['total'])} (host {format_bytes(mem['host'])}, "
                f"device {format_bytes(mem['device'])})")
     click.echo(f"{'traded':>16}: {', '.join(plan['traded']) or 'nothing'}")
-    click.echo(f"{'expected speed':>16}: {plan['expected_speedup']:.2f}x plain decoding")
+    if not torch:  # the speed model is llama.cpp's
+        click.echo(f"{'expected speed':>16}: {plan['expected_speedup']:.2f}x plain decoding")
 
 
 @click.command()

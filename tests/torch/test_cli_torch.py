@@ -67,3 +67,16 @@ def test_a_budget_plans_the_torch_backends_memory(capsys, torch_model_path):
     assert code == 0 and out.strip(), err
     code, _, err = run(capsys, *base, "--budget", "100MiB")  # torch alone takes more
     assert code == 1 and "torch backend" in err and "Traceback" not in err
+
+
+def test_info_plans_the_torch_backends_weights_in_its_dtype(capsys, torch_model_path):
+    from localspec.memory import ModelMemory
+
+    base = ["info", "-m", str(torch_model_path), "--plan", "--budget", "4GiB", "--threads", "1",
+            "--backend", "torch", "--device", "cpu"]
+    code, out, _ = run(capsys, *base, "--dtype", "float32", "--json")
+    plan = json.loads(out)["plan"]
+    assert code == 0 and plan["backend"] == "torch"
+    assert plan["memory"]["weights_host"] == 4 * ModelMemory.from_gguf(torch_model_path).n_params
+    code, out, _ = run(capsys, *base, "--dtype", "bfloat16")
+    assert code == 0 and "backend: torch" in out and "expected speed" not in out
