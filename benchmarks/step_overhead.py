@@ -26,7 +26,6 @@ from localspec import bench
 from localspec.backends.llamacpp import LlamaCppBackend
 from localspec.budget import SpeculationBudget, cached_cost_curve
 from localspec.engine import Engine
-from localspec.generate import generate
 from localspec.settings import BackendSettings, GenerationSettings
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
@@ -135,14 +134,10 @@ class ReplayBackend:
 
 
 def run_prompts(engine: Engine, prompts: list[list[int]], settings: GenerationSettings) -> tuple[list, float]:
-    """Outputs, and the seconds of decoding (prefill excluded, as the bench times it)."""
-    outputs, seconds = [], 0.0
-    for tokens in prompts:
-        engine.backend.truncate(0)
-        result = generate(engine, tokens, settings)
-        outputs.append(result.tokens)
-        seconds += result.stats.seconds
-    return outputs, seconds
+    """Outputs, and the seconds of decoding (prefill excluded), run as `localspec bench` runs them."""
+    method = bench.EngineMethod(settings.drafter, engine)
+    runs = [method.run(tokens, settings) for tokens in prompts]
+    return [run.tokens for run in runs], sum(run.seconds for run in runs)
 
 
 def main() -> None:

@@ -10,13 +10,7 @@ import pytest
 from localspec.backends.torch_model import SkipSet
 from localspec.budget import CostCurve
 from localspec.drafters.layerskip import LayerSkipSettings
-from localspec.drafters.polybasic import (
-    ChainStats,
-    PolybasicDrafter,
-    torch_drafter_factory,
-    verify_chain_sampled,
-)
-from localspec.engine import Engine
+from localspec.drafters.polybasic import ChainStats, PolybasicDrafter, verify_chain_sampled
 from localspec.generate import generate
 from localspec.sampling import Distribution
 from localspec.settings import GenerationSettings, SamplingSettings
@@ -51,9 +45,8 @@ def test_polybasic_holds_the_search_to_what_its_model_free_chain_delivers(torch_
     assert evals == {"weak": settings.max_evals, "strong": settings.max_evals // 2}
 
 
-def test_polybasic_sampling_keeps_the_distribution(torch_backend):
+def test_polybasic_sampling_keeps_the_distribution(engine):
     """Temperature 1: first two tokens through the chain vs plain sampling (chi-square)."""
-    engine = Engine(torch_backend, new_drafter=torch_drafter_factory(torch_backend, CURVE, FAST))
     poly: PolybasicDrafter = engine.drafter("polybasic")
     poly.skipper.skip, poly.skipper.settled = SkipSet(frozenset(), frozenset({2})), True
     prompt = [5, 6, 7, 5, 6, 7, 5, 6]
