@@ -188,6 +188,14 @@ class TorchBackend(TokenizesWithLlamaCpp):
         return self.model.exit_guesses(t(tokens), t(n_past + depths - 1), t(base + np.arange(len(tokens))),
                                        mask, guess).cpu().numpy()
 
+    def synchronize(self) -> None:
+        """Wait for the work queued on the device: on a GPU a forward returns before its kernels
+        have run, so whoever times one must wait for them."""
+        if self._dev.type == "cuda":
+            torch.cuda.synchronize(self._dev)
+        elif self._dev.type == "mps":
+            torch.mps.synchronize()
+
     # -- the Backend contract ---------------------------------------------------------------------
 
     def truncate(self, n_keep: int) -> None:

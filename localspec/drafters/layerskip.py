@@ -374,6 +374,7 @@ class LayerSkipDrafter:
             start = time.perf_counter()
             self.backend.run_tree(n_past, np.zeros(1, np.int64), chain_parents(1), np.ones(1, np.int64),
                                   base, skip)
+            self.backend.synchronize()
             best = min(best, time.perf_counter() - start)
         return best
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -146,6 +148,14 @@ def test_plan_is_the_fastest_of_all_trees(seed):
     assert speed == pytest.approx(best)
     assert speed == pytest.approx(speed_of(paths, rates, level_cost, curve))
     assert all(len(p) == 1 or p[:-1] in paths[:i] for i, p in enumerate(paths))  # parents first
+
+
+def test_a_timed_skipped_forward_waits_for_the_device(torch_backend, monkeypatch):
+    """On a GPU a forward returns before its kernels run; a stand-in device that takes 30 ms to
+    finish shows whether the timing waits for them."""
+    drafter = LayerSkipDrafter(torch_backend, CURVE, FAST)
+    monkeypatch.setattr(torch_backend, "synchronize", lambda: time.sleep(0.03))
+    assert drafter._time_forward(SkipSet(frozenset(), frozenset({2})), repeats=1) >= 0.03
 
 
 def test_skipper_learns_which_rank_was_right_down_the_accepted_path(torch_backend):
