@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from localspec.drafters.base import without_match
-from localspec.paths import cache_dir
+from localspec.paths import cache_dir, replace_file
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
@@ -104,10 +104,7 @@ def cached_cost_curve(backend, model_path: str | Path, device: str, threads: int
         return CostCurve.from_json(data[key])
     curve = measure_cost_curve(backend, sizes=sizes, repeats=repeats)
     data[key] = curve.to_json()
-    store.parent.mkdir(parents=True, exist_ok=True)
-    tmp = store.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(store)
+    replace_file(store, json.dumps(data, indent=1))
     return curve
 
 

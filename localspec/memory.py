@@ -26,7 +26,7 @@ from gguf.constants import GGML_QUANT_SIZES
 
 from localspec.drafters.recycling import CONTEXT_SLOTS, OBSERVE_CHUNK_ROWS, RECYCLING_K
 from localspec.errors import ModelFileError
-from localspec.paths import cache_dir
+from localspec.paths import cache_dir, replace_file
 from localspec.settings import BackendSettings
 
 MiB = 1 << 20
@@ -336,10 +336,7 @@ def store_scratch(model_path: str | Path, n_threads: int, flash_attn: bool | Non
     except (OSError, ValueError):
         data = {}
     data[_cache_key(model_path, n_threads, flash_attn)] = asdict(scratch)
-    store.parent.mkdir(parents=True, exist_ok=True)
-    tmp = store.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(store)
+    replace_file(store, json.dumps(data, indent=1))
 
 
 def calibration_settings(model: ModelMemory, n_threads: int, batches: tuple[int, ...] = (32, 256)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from localspec.errors import InvalidSettingsError
 
 KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+MIN_CTX = 256  # the smallest context worth asking for: llama.cpp rounds up to a multiple of 256
 
 
 def _check(condition: bool, message: str) -> None:
@@ -76,7 +77,8 @@ class BackendSettings:
     max_tree_paths: int = 64  # sequences reserved for root-to-leaf paths of a draft tree
 
     def __post_init__(self) -> None:
-        _check(self.n_ctx >= 0, f"n_ctx must be >= 0, got {self.n_ctx}")
+        _check(self.n_ctx == 0 or self.n_ctx >= 8,  # the batch is cut to the context: keep n_batch's 8
+               f"n_ctx must be 0 (the model's own) or >= 8, got {self.n_ctx}")
         _check(self.n_batch >= 8, f"n_batch must be >= 8, got {self.n_batch}")
         _check(self.n_threads >= 1, f"n_threads must be >= 1, got {self.n_threads}")
         _check(self.n_gpu_layers >= -1, f"n_gpu_layers must be >= -1, got {self.n_gpu_layers}")

@@ -24,7 +24,7 @@ from pathlib import Path
 import llama_cpp as lc
 import numpy as np
 
-from localspec.errors import BackendError, ContextOverflowError, ModelFileError
+from localspec.errors import BackendError, ContextOverflowError, InvalidSettingsError, ModelFileError
 from localspec.modelfile import read_model_file
 from localspec.settings import BackendSettings
 from localspec.tree import DraftTree
@@ -60,6 +60,16 @@ def _last_error() -> str:
     return "llama.cpp could not load it"
 
 
+def utf8_bytes(text: str) -> bytes:
+    """Text as UTF-8 for llama.cpp, which reads bytes that are not UTF-8 as U+FFFD. Such bytes
+    from the command line or standard input arrive as surrogates and go back out as they came."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:  # a lone surrogate that stood for no byte ("\ud800" in JSON)
+        raise InvalidSettingsError(f"the text is not valid Unicode: {exc.object[exc.start]!a} at "
+                                   f"character {exc.start} is half of a surrogate pair") from None
+
+
 class Vocabulary:
     """llama.cpp's tokenizer and token pieces for one loaded model; pieces are cached."""
 
@@ -71,7 +81,7 @@ class Vocabulary:
         self._pieces: dict[int, bytes] = {}
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        data = text.encode("utf-8")
+        data = utf8_bytes(text)
         capacity = len(data) + 8
         buf = (lc.llama_token * capacity)()
         n = lc.llama_tokenize(self.handle, data, len(data), buf, capacity, add_special, parse_special)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from localspec.models import ModelChoice, choose_model
-from localspec.settings import KV_CACHE_TYPES, BackendSettings, default_threads
+from localspec.settings import KV_CACHE_TYPES, MIN_CTX, BackendSettings, default_threads
 
 if TYPE_CHECKING:
     from localspec.memory import TorchMemory
@@ -25,6 +26,29 @@ TORCH_DTYPES = ("float32", "float16", "bfloat16")
 
 def note(message: str) -> None:
     click.echo(f"localspec: {message}", err=True)
+
+
+def _check_ctx(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value != 0 and value < MIN_CTX:
+        raise click.BadParameter(f"{value} is too small: use at least {MIN_CTX} tokens, or 0 for the "
+                                 "model's own context.", ctx, param)
+    return value
+
+
+def check_writable_folder(path: Path, option: str) -> None:
+    """Refuse, before any slow work, an output path whose folder is a file or takes no new files
+    (the folders still missing are made when writing, inside the nearest one that exists)."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"{folder} is a file, not a folder", param_hint=option)
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create files in {folder}: {exc.strerror or exc}",
+                                 param_hint=option) from None
 
 
 @dataclass(frozen=True)
@@ -82,11 +106,12 @@ class ResolvedSettings:
 _OPTIONS = [
     click.option("--model", "-m", "model", envvar="LOCALSPEC_MODEL", type=click.Path(),
                  help="GGUF model file (default: the built-in demo model)."),
-    click.option("--ctx", "n_ctx", type=int, default=None,
-                 help=f"Context window in tokens (0 = the model's own; default {DEFAULTS.n_ctx})."),
+    click.option("--ctx", "n_ctx", type=int, default=None, callback=_check_ctx,
+                 help=f"Context window in tokens, at least {MIN_CTX} (0 = the model's own; default "
+                      f"{DEFAULTS.n_ctx})."),
     click.option("--batch", "n_batch", type=int, default=None,
                  help=f"Largest batch given to one decode call (default {DEFAULTS.n_batch})."),
-    click.option("--threads", "n_threads", type=int, default=None,
+    click.option("--threads", "n_threads", type=click.IntRange(min=1), default=None,
                  help="CPU threads (default: physical cores)."),
     click.option("--gpu-layers", "n_gpu_layers", type=int, default=None,
                  help="Layers to offload to the GPU (-1 = all; default 0, or what fits with --budget)."),
@@ -185,13 +210,14 @@ def resolve_model(opts: ModelOptions) -> ModelChoice:
 
 def check_drafter(name: str, runtime: Runtime) -> None:
     """Reject an unknown drafter, or a torch-only one on llama.cpp, before loading anything."""
-    from localspec.drafters import TORCH_DRAFTERS, make_drafter
+    from localspec.drafters import DRAFTERS, TORCH_DRAFTERS
 
     if name in TORCH_DRAFTERS:
         if runtime.backend != "torch":
             raise click.UsageError(f"the {name} drafter runs the model itself: add --backend torch")
-        return
-    make_drafter(name)
+    elif name not in DRAFTERS:
+        raise click.UsageError(f"unknown drafter {name!r}; choose one of: {', '.join(DRAFTERS)}, or "
+                               f"with --backend torch {', '.join(TORCH_DRAFTERS)}")
 
 
 def open_engine(model_path, settings: BackendSettings, use_budget: bool = True,

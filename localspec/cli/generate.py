@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from dataclasses import replace
@@ -27,21 +28,22 @@ DRAFT_TOKENS = GenerationSettings.max_draft_tokens
 @click.option("--prompt", "-p", required=True, help="Prompt text ('-' reads standard input).")
 @click.option("--chat", is_flag=True, help="Send the prompt as a user message with the chat template.")
 @click.option("--system", default=None, help="System message (with --chat).")
-@click.option("--max-tokens", "-n", type=int, default=256, show_default=True)
-@click.option("--temperature", "-t", type=float, default=0.0, show_default=True,
+@click.option("--max-tokens", "-n", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--temperature", "-t", type=click.FloatRange(0, 100), default=0.0, show_default=True,
               help="0 = greedy.")
-@click.option("--top-p", type=float, default=1.0, show_default=True)
-@click.option("--top-k", type=int, default=0, show_default=True, help="0 = off.")
-@click.option("--min-p", type=float, default=0.0, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0 = off.")
+@click.option("--min-p", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--repeat-penalty", type=float, default=1.0, show_default=True)
 @click.option("--presence-penalty", type=float, default=0.0, show_default=True)
 @click.option("--frequency-penalty", type=float, default=0.0, show_default=True)
-@click.option("--seed", type=int, default=None, help="Seed for sampling.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for sampling.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable); never printed.")
 @click.option("--drafter", "-d", default=None,
-              help="Draft method: auto, recycling, retrieval, lookup, or none (plain decoding); default "
-                   "auto, or what the memory plan or profile chose.")
-@click.option("--draft-tokens", type=int, default=None,
+              help="Draft method: auto, recycling, retrieval, lookup, none (plain decoding), or with "
+                   "--backend torch layerskip or polybasic; default auto, or what the memory plan or "
+                   "profile chose.")
+@click.option("--draft-tokens", type=click.IntRange(0, 255), default=None,
               help=f"Most draft tokens verified per step (default {DRAFT_TOKENS}; fewer if the plan "
                    "chose so).")
 @click.option("--fixed-draft", is_flag=True,
@@ -71,7 +73,7 @@ def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, 
         check_drafting(drafter, index_path, opts)
     store = read_index(index_path) if index_path else None
     if prompt == "-":
-        prompt = sys.stdin.read()
+        prompt = read_stdin()
     choice = resolve_model(opts)
     if choice.is_demo:
         note(choice.describe())
@@ -110,6 +112,13 @@ def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, 
             note(f"stopped: the context window ({backend.n_ctx} tokens) is full")
         if stats and chunk is not None:
             click.echo(json.dumps(chunk.stats.as_dict()), err=True)
+
+
+def read_stdin() -> str:
+    """Standard input as text; bytes that are not UTF-8 stay as surrogates for the tokenizer."""
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(errors="surrogateescape")
+    return sys.stdin.read()
 
 
 def check_drafting(drafter: str, index_path: str | None, opts: ModelOptions) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from localspec.budget import model_fingerprint
 from localspec.drafters.base import Drafter
 from localspec.drafters.recycling import TokenRecyclingDrafter
-from localspec.paths import cache_dir
+from localspec.paths import cache_dir, make_dir
 
 
 def recycling_part(drafter: Drafter) -> TokenRecyclingDrafter | None:
@@ -50,7 +50,7 @@ def save_learned(drafter: Drafter, model_path: str | Path) -> bool:
     if part is None or part.adj is None:
         return False
     path = learned_path(model_path, part.k)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     part.save(partial)
     partial.replace(path)

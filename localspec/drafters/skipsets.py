@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from localspec.backends.torch_model import SkipSet
-from localspec.paths import cache_dir
+from localspec.paths import cache_dir, replace_file
 
 
 class SkipSetSearch:
@@ -123,7 +123,4 @@ class SkipSetStore:
                                             "mlp": None if skip is None else sorted(skip.mlp),
                                             "score": float(ranks[0]) if len(ranks) else 0.0,
                                             "ranks": [round(float(r), 4) for r in ranks]}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{id(self)}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(self.path)
+        replace_file(self.path, json.dumps(data, indent=1))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from localspec.gguf_export import (
     random_llama_weights,
     write_llama_gguf,
 )
+from localspec.paths import UserDirError, make_dir
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -87,11 +90,11 @@ def bad_files(tmp_path_factory, tiny_model):
     (["generate", "-m", "{bad}/header-only.gguf", "-p", "x"], "GGUF"),
     (["generate", "-m", "{bad}/unknown-arch.gguf", "-p", "x"], "architecture"),
     (["info", "-m", "{bad}/truncated.gguf"], "truncated"),
-    (["generate", "-m", "{tiny}", "-p", "x", "-t", "-1"], "temperature"),
-    (["generate", "-m", "{tiny}", "-p", "x", "--top-p", "0"], "top_p"),
-    (["generate", "-m", "{tiny}", "-p", "x", "--top-k", "-3"], "top_k"),
-    (["generate", "-m", "{tiny}", "-p", "x", "--min-p", "1.5"], "min_p"),
-    (["generate", "-m", "{tiny}", "-p", "x", "-n", "0"], "max_tokens"),
+    (["generate", "-m", "{tiny}", "-p", "x", "-t", "-1"], "--temperature"),
+    (["generate", "-m", "{tiny}", "-p", "x", "--top-p", "0"], "--top-p"),
+    (["generate", "-m", "{tiny}", "-p", "x", "--top-k", "-3"], "--top-k"),
+    (["generate", "-m", "{tiny}", "-p", "x", "--min-p", "1.5"], "--min-p"),
+    (["generate", "-m", "{tiny}", "-p", "x", "-n", "0"], "--max-tokens"),
     (["generate", "-m", "{tiny}", "-p", "x", "-n", "abc"], "max-tokens"),
     (["generate", "-m", "{tiny}", "-p", "x", "--drafter", "magic"], "unknown drafter"),
     (["generate", "-m", "{tiny}", "-p", "x" * 3000, "--ctx", "256"], "context"),
@@ -108,6 +111,69 @@ def test_bad_input_gives_one_line_error_and_nonzero_exit(capsys, bad_files, tiny
     assert lines[0].startswith("localspec: error:")
     assert message.lower() in lines[0].lower()
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--ctx", "1"], "--ctx"),
+    (["--ctx", "4"], "--ctx"),
+    (["--ctx", "-5"], "--ctx"),
+    (["-n", "0"], "--max-tokens"),
+    (["-t", "101"], "--temperature"),
+    (["--top-p", "2"], "--top-p"),
+    (["--top-k", "-1"], "--top-k"),
+    (["--min-p", "-0.1"], "--min-p"),
+    (["--threads", "0"], "--threads"),
+    (["--draft-tokens", "256"], "--draft-tokens"),
+    (["--seed", "-1"], "--seed"),
+    (["--drafter", "bogus"], "unknown drafter"),
+])
+def test_bad_option_values_are_usage_errors_naming_the_flag(capsys, tiny_model, args, flag):
+    code, out, err = run(capsys, "generate", "-m", str(tiny_model), "-p", "x", "--threads", "1", *args)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("localspec: error:") and flag in err, err
+
+
+def test_unknown_drafter_names_the_torch_drafters_too(capsys, tiny_model):
+    code, _, err = run(capsys, "generate", "-m", str(tiny_model), "-p", "x", "--drafter", "bogus",
+                       "--backend", "torch")
+    assert code == 2
+    assert "layerskip" in err and "polybasic" in err and "--backend torch" in err
+    code, out, _ = run(capsys, "generate", "--help")
+    assert code == 0 and "layerskip" in out and "polybasic" in out
+
+
+def test_prompt_that_is_not_utf8_is_generated_from(capsys, monkeypatch, tiny_model):
+    raw = b"\xff\xfe"
+    args = ["generate", "-m", str(tiny_model), "-n", "4", "--threads", "1"]
+    code, _, err = run(capsys, *args, "-p", os.fsdecode(raw))  # as the shell hands it over
+    assert code == 0, err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"))
+    code, _, err = run(capsys, *args, "-p", "-")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_cache_dir_that_is_a_file_is_a_one_line_error(capsys, monkeypatch, tmp_path, tiny_model, below):
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    monkeypatch.setenv("LOCALSPEC_CACHE_DIR", str(blocker / below))
+    code, out, err = run(capsys, "generate", "-m", str(tiny_model), "-p", "x", "-n", "4",
+                         "--threads", "1")
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("localspec: error: LOCALSPEC_CACHE_DIR="), err
+    assert "is a file" in err or "inside a file" in err
+    assert blocker.read_text() == "mine"
+    with pytest.raises(UserDirError, match="cannot create the folder"):
+        make_dir(blocker / "sub")
+
+
+def test_a_cache_file_that_cannot_be_written_is_a_one_line_error(capsys, monkeypatch, tmp_path, tiny_model):
+    (tmp_path / "cost_curves.json").mkdir()  # where the measured verify costs go
+    monkeypatch.setenv("LOCALSPEC_CACHE_DIR", str(tmp_path))
+    code, out, err = run(capsys, "generate", "-m", str(tiny_model), "-p", "x", "-n", "4", "--threads", "1")
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("localspec: error: cannot write "), err
+    assert [p.name for p in tmp_path.iterdir()] == ["cost_curves.json"]  # no temporary file left
 
 
 @pytest.mark.skipif(shutil.which("localspec") is None, reason="console script not installed")

@@ -53,6 +53,18 @@ def test_prompt_longer_than_context_is_a_clear_error(tiny_model):
         generate(Engine(backend), [5] * 400, GenerationSettings())
 
 
+def test_context_smaller_than_a_batch_is_rejected():
+    with pytest.raises(InvalidSettingsError, match="n_ctx"):
+        BackendSettings(n_ctx=1, n_threads=1)
+
+
+def test_text_that_is_not_utf8_tokenizes_like_replacement_characters(tiny_backend):
+    replaced = tiny_backend.tokenize("a\ufffdb\ufffd", add_special=False)
+    assert tiny_backend.tokenize("a\udcffb\udcfe", add_special=False) == replaced  # bytes 0xff, 0xfe
+    with pytest.raises(InvalidSettingsError, match="surrogate"):  # JSON allows a lone one: not text
+        tiny_backend.tokenize("\ud800", add_special=False)
+
+
 def test_empty_prompt_is_rejected(tiny_backend):
     with pytest.raises(InvalidSettingsError):
         generate(Engine(tiny_backend), [], GenerationSettings())
