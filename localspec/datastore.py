@@ -10,6 +10,7 @@ most counted prefixes as the draft tree.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +23,31 @@ from localspec.verify import Verdict
 
 SEP = -1  # after each file; below every token, so a file's end sorts first
 FORMAT_VERSION = 1
+FIELDS = ("version", "tokens", "suffixes", "fingerprint")
+ZIP_MAGIC = b"PK\x03\x04"  # np.savez writes a zip
 
 
 class DatastoreError(LocalspecError):
     """The datastore file is missing, malformed, or was built for another tokenizer."""
+
+
+def not_an_index(path: str | Path, reason: str = "") -> DatastoreError:
+    hint = "build one with `localspec index build`"
+    return DatastoreError(f"{path} is not a localspec index ({reason + '; ' if reason else ''}{hint})")
+
+
+def _well_formed(tokens: np.ndarray, suffixes: np.ndarray, fingerprint: np.ndarray) -> bool:
+    """Whether the arrays read back are what `save` writes, so that querying them cannot fail."""
+    if fingerprint.shape != () or fingerprint.dtype.kind != "U":
+        return False
+    if tokens.ndim != 1 or tokens.shape != suffixes.shape:
+        return False
+    if tokens.dtype.kind not in "iu" or suffixes.dtype.kind not in "iu":
+        return False
+    if not tokens.size:
+        return True
+    return (bool(tokens.min() >= SEP) and int(tokens.max()) <= np.iinfo(np.int32).max
+            and bool(suffixes.min() >= 0) and int(suffixes.max()) < len(suffixes))
 
 
 def suffix_array(tokens: np.ndarray) -> np.ndarray:
@@ -126,14 +148,27 @@ class Datastore:
     def load(cls, path: str | Path, fingerprint: str | None = None) -> Datastore:
         """Read a datastore; with `fingerprint`, refuse one built for another tokenizer."""
         try:
-            with np.load(path, allow_pickle=False) as data:
-                version = int(data["version"])
-                tokens, suffixes = data["tokens"], data["suffixes"]
-                stored = str(data["fingerprint"])
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
-            raise DatastoreError(f"cannot read datastore {path}: {error}") from error
-        if version != FORMAT_VERSION or tokens.shape != suffixes.shape:
-            raise DatastoreError(f"datastore {path} has an unsupported format (version {version})")
+            with open(path, "rb") as f:
+                head = f.read(len(ZIP_MAGIC))
+                if head != ZIP_MAGIC:  # else np.load reads it as .npy or refuses a pickle
+                    raise not_an_index(path, "" if head else "empty")
+                f.seek(0)
+                with np.load(f, allow_pickle=False) as data:
+                    if not set(FIELDS) <= set(data.files):
+                        raise not_an_index(path)
+                    version, tokens, suffixes, stored = (data[name] for name in FIELDS)
+        except OSError as error:
+            raise DatastoreError(f"cannot read datastore {path}: {error.strerror or error}") from error
+        except (EOFError, KeyError, ValueError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+                zlib.error) as error:
+            raise not_an_index(path, "truncated or damaged") from error
+        if version.shape != () or version.dtype.kind not in "iu":
+            raise not_an_index(path)
+        if int(version) != FORMAT_VERSION:
+            raise DatastoreError(f"datastore {path} has an unsupported format (version {int(version)})")
+        if not _well_formed(tokens, suffixes, stored):
+            raise not_an_index(path, "truncated or damaged")
+        stored = str(stored)
         if fingerprint is not None and fingerprint != stored:
             raise DatastoreError(
                 f"datastore {path} was built for {stored!r}, not {fingerprint!r}; rebuild it")

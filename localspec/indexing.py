@@ -6,6 +6,7 @@ made for another model family instead of drafting nonsense.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
@@ -102,6 +103,20 @@ def read_index(path: str | Path) -> Datastore:
     if not Path(path).is_file():
         raise DatastoreError(f"index {path} does not exist; build one with `localspec index build`")
     return Datastore.load(path)
+
+
+def write_index(store: Datastore, path: str | Path) -> None:
+    """Write an index to `path`, replacing a file there only once the new one is complete."""
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        store.save(partial)
+        partial.replace(target)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise DatastoreError(f"cannot write index {target}: {error.strerror or error}") from error
 
 
 def check_index(store: Datastore, path: str | Path, backend) -> None:

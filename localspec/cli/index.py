@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from localspec.cli.common import note
+from localspec.cli.common import check_writable_folder, note
 from localspec.models import choose_model
 
 
@@ -24,19 +24,17 @@ def index() -> None:
 def build(paths, model, out) -> None:
     """Tokenise the text files under PATHS into a datastore for `--index`."""
     from localspec.backends.llamacpp import LlamaCppBackend
-    from localspec.indexing import build_index
+    from localspec.indexing import build_index, write_index
     from localspec.settings import BackendSettings
 
+    target = Path(out)
+    check_writable_folder(target, "'--out'")  # before the slow tokenising
     choice = choose_model(model)
     if choice.is_demo:
         note(choice.describe())
     with LlamaCppBackend(choice.path, BackendSettings(n_ctx=64, n_batch=64, n_threads=1)) as backend:
         store, report = build_index(backend, paths)
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    store.save(partial)
-    partial.replace(target)  # never leave a half-written index where an old one was
+    write_index(store, target)
     skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(report.skipped.items()))
     click.echo(f"wrote {target}: {len(report.files)} files, {report.tokens:,} tokens, "
                f"{target.stat().st_size / 2**20:.1f} MiB" + (f" (skipped: {skipped})" if skipped else ""))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import zipfile
 
 import numpy as np
 import pytest
 
+from localspec import indexing
 from localspec.cli import main
-from localspec.datastore import Datastore
+from localspec.datastore import Datastore, DatastoreError
 
 CODE = "def print_self(self):\n    for x in self:\n        print(x)\n    return self\n"
 
@@ -73,7 +77,7 @@ def test_index_for_another_tokenizer_is_refused(capsys, tmp_path, source_tree, t
     (["index", "build", "{tmp}/emptydir", "--out", "{tmp}/x.lsx"], "no text files"),
     (["index", "build", "{tmp}/emptydir"], "--out"),
     (["generate", "-p", "x", "--index", "{tmp}/missing.lsx"], "does not exist"),
-    (["generate", "-p", "x", "--index", "{tmp}/notanindex.lsx"], "cannot read datastore"),
+    (["generate", "-p", "x", "--index", "{tmp}/notanindex.lsx"], "notanindex.lsx is not a localspec index"),
     (["generate", "-p", "x", "--drafter", "lookup", "--index", "{tmp}/x.lsx"], "auto and retrieval"),
 ])
 def test_bad_index_input_is_one_line(capsys, tmp_path, tiny_model, args, message):
@@ -89,3 +93,97 @@ def test_bad_index_input_is_one_line(capsys, tmp_path, tiny_model, args, message
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("localspec: error:"), err
     assert message in lines[0]
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("localspec: error:"), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("empty.idx", "empty; "), ("random.idx", ""), ("prompts.jsonl", ""), ("other.zip", ""),
+])
+def test_generate_with_a_file_that_is_not_an_index_is_one_line(capsys, tmp_path, tiny_model, name, reason):
+    path = tmp_path / name
+    if name == "random.idx":
+        path.write_bytes(np.random.default_rng(1).bytes(300))
+    elif name == "prompts.jsonl":
+        path.write_text('{"prompt": "hi"}\n')
+    elif name == "other.zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("version", "1")
+    else:
+        path.touch()
+    code, out, err = run(capsys, "generate", "-m", str(tiny_model), "-n", "8", "-p", "hi", "--threads", "1",
+                         "--index", str(path))
+    assert code == 1 and out == ""
+    assert one_error_line(err) == (f"localspec: error: {path} is not a localspec index "
+                                   f"({reason}build one with `localspec index build`)")
+
+
+def test_bench_with_an_empty_index_is_one_line(capsys, tmp_path, tiny_model):
+    (tmp_path / "empty.idx").touch()
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    code, _, err = run(capsys, "bench", "-m", str(tiny_model), "--prompts", str(tmp_path / "p.jsonl"),
+                       "-n", "8", "--methods", "retrieval", "--index", str(tmp_path / "empty.idx"),
+                       "--json", str(tmp_path / "x.json"))
+    assert code == 1
+    assert "empty.idx is not a localspec index (empty; " in one_error_line(err)
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.fixture()
+def no_tokenising(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("--out must be checked before tokenising")
+    monkeypatch.setattr(indexing, "build_index", refuse)
+
+
+@pytest.mark.parametrize("out", ["notes.txt/x.lsx", "notes.txt/deeper/x.lsx"])
+def test_build_out_under_a_file_is_a_usage_error(capsys, tmp_path, source_tree, tiny_model, no_tokenising,
+                                                 out):
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    code, _, err = run(capsys, "index", "build", str(source_tree), "-m", str(tiny_model),
+                       "--out", str(tmp_path / out))
+    assert code == 2
+    assert one_error_line(err) == ("localspec: error: Invalid value for '--out': "
+                                   f"{tmp_path / 'notes.txt'} is a file, not a folder")
+    assert (tmp_path / "notes.txt").read_text() == "keep me\n"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_build_out_where_no_file_can_be_created_is_a_usage_error(capsys, source_tree, tiny_model,
+                                                                 no_tokenising):
+    code, _, err = run(capsys, "index", "build", str(source_tree), "-m", str(tiny_model),
+                       "--out", "/proc/x.lsx")
+    assert code == 2
+    assert one_error_line(err).startswith(
+        "localspec: error: Invalid value for '--out': cannot create files in /proc: ")
+    assert not os.path.exists("/proc/x.lsx.partial")
+
+
+def test_a_failed_write_keeps_the_old_index_and_leaves_no_partial(capsys, tmp_path, source_tree, tiny_model,
+                                                                   monkeypatch):
+    out_path = tmp_path / "code.lsx"
+    out_path.write_bytes(b"the old index")
+
+    def disk_full(self, path):
+        with open(path, "wb") as f:
+            f.write(b"half an index")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Datastore, "save", disk_full)
+    code, out, err = run(capsys, "index", "build", str(source_tree), "-m", str(tiny_model),
+                         "--out", str(out_path))
+    assert code == 1 and out == ""
+    assert one_error_line(err) == f"localspec: error: cannot write index {out_path}: No space left on device"
+    assert out_path.read_bytes() == b"the old index"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["code.lsx", "src"]
+
+
+def test_write_index_under_a_file_raises_a_datastore_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    with pytest.raises(DatastoreError, match="cannot write index"):
+        indexing.write_index(Datastore.build([np.arange(5)]), tmp_path / "notes.txt" / "x.lsx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,6 +142,56 @@ def test_save_and_load_round_trip(tmp_path):
         Datastore.load(tmp_path / "junk")
     with pytest.raises(DatastoreError):
         Datastore.load(tmp_path / "missing.npz")
+
+
+def not_an_index(path: Path) -> None:
+    """Write one kind of file that is not a localspec index, named by `path`'s stem."""
+    kind = path.stem
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(300))
+    elif kind == "jsonl":
+        path.write_text('{"prompt": "hi"}\n{"prompt": "there"}\n')
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "hello")
+    elif kind == "npy":
+        with open(path, "wb") as f:  # a file object keeps numpy from appending ".npy"
+            np.save(f, np.arange(5))
+    elif kind == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, tokens=np.arange(5))
+    elif kind == "truncated":
+        Datastore.build([np.arange(50)]).save(path)
+        path.write_bytes(path.read_bytes()[:-40])
+    elif kind == "bad_suffixes":
+        with open(path, "wb") as f:
+            np.savez(f, tokens=np.arange(3, dtype=np.int32), suffixes=np.array([0, 7, 1]),
+                     fingerprint=np.array("x"), version=np.array(1))
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("empty", "(empty; "), ("random", "(build"), ("jsonl", "(build"), ("zip", "(build"), ("npy", "(build"),
+    ("npz", "(build"), ("truncated", "(truncated or damaged; "), ("bad_suffixes", "(truncated or damaged; "),
+])
+def test_loading_a_file_that_is_not_an_index_says_so(tmp_path, kind, reason):
+    path = tmp_path / f"{kind}.idx"
+    not_an_index(path)
+    with pytest.raises(DatastoreError) as caught:
+        Datastore.load(path, fingerprint="llama:abc123")
+    message = str(caught.value)
+    assert message.startswith(f"{path} is not a localspec index {reason}"), message
+    assert message.endswith("build one with `localspec index build`)") and "pickle" not in message
+
+
+def test_an_index_of_another_format_version_keeps_its_message(tmp_path):
+    path = tmp_path / "future.idx"
+    with open(path, "wb") as f:
+        np.savez(f, tokens=np.arange(3, dtype=np.int32), suffixes=np.array([0, 1, 2]),
+                 fingerprint=np.array("x"), version=np.array(2))
+    with pytest.raises(DatastoreError, match="unsupported format \\(version 2\\)"):
+        Datastore.load(path)
 
 
 def test_build_a_few_hundred_thousand_tokens_quickly():
