@@ -7,7 +7,8 @@ import hashlib
 import json
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +17,7 @@ import numpy as np
 
 from localspec.chat import Message, encode_chat
 from localspec.engine import Engine
-from localspec.errors import InvalidSettingsError
+from localspec.errors import ContextOverflowError, InvalidSettingsError, LocalspecError
 from localspec.generate import generate
 from localspec.settings import GenerationSettings
 
@@ -41,27 +42,60 @@ class RunResult:
 
 def load_prompts(path: str | Path) -> list[BenchPrompt]:
     """Read a JSONL prompt set: {"id", "category", "prompt"} or {"id", "category", "messages"}."""
-    prompts = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is fine
     except OSError as exc:
         raise InvalidSettingsError(f"cannot read prompt file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidSettingsError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    prompts: list[BenchPrompt] = []
+    first_line: dict[str, int] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-            messages = tuple(Message(m["role"], m["content"]) for m in row.get("messages", ()))
-            item = BenchPrompt(str(row["id"]), str(row.get("category", "default")), row.get("prompt"),
-                               messages)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidSettingsError(f"{path}:{number}: not a valid prompt line ({exc})") from None
-        if (item.prompt is None) == (not item.messages):
-            raise InvalidSettingsError(f"{path}:{number}: give exactly one of 'prompt' or 'messages'")
+            item = parse_prompt_line(line)
+        except InvalidSettingsError as exc:
+            raise InvalidSettingsError(f"{path}:{number}: {exc}") from None
+        if item.id in first_line:
+            raise InvalidSettingsError(f"{path}:{number}: id {item.id!r} is already used on line "
+                                       f"{first_line[item.id]}; give every prompt its own id")
+        first_line[item.id] = number
         prompts.append(item)
     if not prompts:
         raise InvalidSettingsError(f"{path}: no prompts")
     return prompts
+
+
+def parse_prompt_line(line: str) -> BenchPrompt:
+    """One line of a prompt set; InvalidSettingsError says in words what is wrong with it."""
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        raise InvalidSettingsError(f"not valid JSON ({exc})") from None
+    if not isinstance(row, dict):
+        raise InvalidSettingsError('each line must be a JSON object like {"id": "a", "prompt": "..."}')
+    if "id" not in row:
+        raise InvalidSettingsError('"id" is missing')
+    if not isinstance(row["id"], str | int | float) or isinstance(row["id"], bool):
+        raise InvalidSettingsError('"id" must be a string or a number')
+    category = row.get("category", "default")
+    if not isinstance(category, str):
+        raise InvalidSettingsError('"category" must be a string')
+    if ("prompt" in row) == ("messages" in row):
+        raise InvalidSettingsError('give exactly one of "prompt" or "messages"')
+    if "prompt" in row:
+        if not isinstance(row["prompt"], str):
+            raise InvalidSettingsError('"prompt" must be a string')
+        return BenchPrompt(str(row["id"]), category, prompt=row["prompt"])
+    messages = row["messages"]
+    if not (isinstance(messages, list) and messages
+            and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str) for m in messages)):
+        raise InvalidSettingsError('"messages" must be a non-empty list of {"role", "content"} objects '
+                                   'with string role and content')
+    return BenchPrompt(str(row["id"]), category, messages=tuple(Message(m["role"], m["content"])
+                                                                for m in messages))
 
 
 def prime_drafters(engine: Engine, names: list[str]) -> int:
@@ -158,19 +192,39 @@ def encode_prompt(backend, prompt: BenchPrompt) -> list[int]:
     return backend.tokenize(prompt.prompt or "", add_special=True)
 
 
+@contextmanager
+def naming(prompt: BenchPrompt) -> Iterator[None]:
+    """Put the prompt's id in front of any error it causes (the class stays the same)."""
+    try:
+        yield
+    except LocalspecError as exc:
+        raise type(exc)(f"prompt {prompt.id}: {exc}") from None
+
+
 def run_bench(prompts: list[BenchPrompt], methods: list[Method], backend, settings: GenerationSettings,
               repeats: int = 1, on_run: Callable[[], None] | None = None) -> dict:
     """Run each (prompt, method) `repeats` times, interleaved; returns the per-prompt results."""
-    encoded = [encode_prompt(backend, p) for p in prompts]
+    encoded = []
+    for prompt in prompts:  # every prompt is checked before any runs (a peer would fail less clearly)
+        with naming(prompt):
+            tokens = encode_prompt(backend, prompt)
+            if not tokens:
+                raise InvalidSettingsError("the prompt is empty")
+            if len(tokens) >= backend.n_ctx:
+                raise ContextOverflowError(f"the prompt has {len(tokens)} tokens but the context holds "
+                                           f"{backend.n_ctx}; shorten it or raise --ctx")
+        encoded.append(tokens)
     warm = GenerationSettings(max_tokens=8, drafter="none", sampling=settings.sampling)
     for method in methods:  # warm up caches, thread pools and drafter state
-        method.run(encoded[0], warm)
+        with naming(prompts[0]):
+            method.run(encoded[0], warm)
     results: dict[str, dict[str, dict]] = {p.id: {} for p in prompts}
     for repeat in range(repeats):
         for index, (prompt, tokens) in enumerate(zip(prompts, encoded, strict=False)):
             order = methods[(index + repeat) % len(methods):] + methods[:(index + repeat) % len(methods)]
             for method in order:
-                run = method.run(tokens, settings)
+                with naming(prompt):
+                    run = method.run(tokens, settings)
                 entry = results[prompt.id].setdefault(method.name, {
                     "tokens": 0, "seconds": 0.0, "mean_accepted": run.mean_accepted,
                     "output_sha256": hashlib.sha256(run.output).hexdigest()})
@@ -265,8 +319,33 @@ def write_chart(report: dict, path: Path) -> bool:
     ax.set_xticks(x, groups, rotation=20)
     ax.set_ylabel("speedup vs plain decoding (none)")
     ax.set_title(f"localspec bench — {report['model']}")
-    ax.legend(fontsize=8)
+    if methods:  # with only `none` there are no bars, and an empty legend warns
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return True
+
+
+def write_report(report: dict, json_path: Path) -> bool:
+    """Write the report as JSON, its table beside it as .md and its chart as .png (False: no
+    matplotlib, so no chart). Each is written to a .partial file first and all are moved into place
+    only once every one was written, so a failure leaves the user's files as they were."""
+    targets = [json_path, json_path.with_suffix(".md"), json_path.with_suffix(".png")]
+    partials = [t.with_name(t.name + ".partial") for t in targets]
+    try:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        partials[0].write_text(json.dumps(report, indent=1))
+        partials[1].write_text(markdown_table(report))
+        charted = write_chart(report, partials[2])
+        written = len(targets) if charted else 2
+        for partial, target in zip(partials[:written], targets[:written], strict=True):
+            partial.replace(target)
+    except OSError as exc:
+        raise LocalspecError(f"cannot write the results to {exc.filename or json_path}: "
+                             f"{exc.strerror or exc}") from None
+    finally:
+        for partial in partials:
+            with suppress(OSError):
+                partial.unlink(missing_ok=True)
+    return charted

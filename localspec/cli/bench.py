@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import click
 
 from localspec.cli.common import (
     ModelOptions,
+    check_writable_folder,
     model_options,
     note,
     open_engine,
@@ -15,6 +16,20 @@ from localspec.cli.common import (
     resolve_settings,
 )
 from localspec.settings import GenerationSettings, SamplingSettings
+
+
+def check_output(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    """The --json path, checked before any slow work: a .json file whose .md and .png siblings are
+    not folders either, in a folder that exists (or can be made) and takes new files."""
+    out = Path(value)
+    if out.suffix.lower() != ".json":
+        raise click.BadParameter(f"{value!r} must end in .json (the table and chart are written beside "
+                                 "it with .md and .png)")
+    for path in (out, out.with_suffix(".md"), out.with_suffix(".png")):
+        if path.is_dir():
+            raise click.BadParameter(f"{path} is a directory; name a file")
+    check_writable_folder(out, "'--json'")
+    return out
 
 
 @click.command()
@@ -33,31 +48,36 @@ from localspec.settings import GenerationSettings, SamplingSettings
 @click.option("--prime", is_flag=True,
               help="Prime Token Recycling's matrix from the model first, as `localspec tune` does "
                    "(untimed); without it every drafter starts cold.")
-@click.option("--pld-tokens", type=int, default=10, show_default=True,
+@click.option("--pld-tokens", type=click.IntRange(min=1), default=10, show_default=True,
               help="num_pred_tokens for llama-cpp-python's prompt lookup (peer-pld).")
 @click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
               help="Datastore from `localspec index build` for the auto and retrieval methods.")
-@click.option("--limit", type=int, default=None, help="Use only the first N prompts.")
-@click.option("--json", "json_path", required=True, type=click.Path(), help="Where to write results.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N prompts.")
+@click.option("--json", "json_path", required=True, callback=check_output,
+              help="Where to write results: a .json file; the table and chart go beside it as .md and .png.")
 def bench(opts: ModelOptions, prompts_path, methods,
           max_tokens, temperature, seed, repeats, draft_tokens, fixed_draft, prime, pld_tokens, index_path,
-          limit, json_path) -> None:
+          limit, json_path: Path) -> None:
     """Measure methods against plain decoding and llama-cpp-python on a prompt set."""
-    from pathlib import Path
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from localspec import bench as b
     from localspec.drafters import DRAFTERS, INDEXED_DRAFTERS, TORCH_DRAFTERS, make_drafter
     from localspec.indexing import check_index, read_index
 
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    names = list(dict.fromkeys(m.strip() for m in methods.split(",") if m.strip()))
     known = [*DRAFTERS, *b.PEER_METHODS, *(TORCH_DRAFTERS if opts.backend == "torch" else ())]
+    if not names:
+        raise click.UsageError(f"--methods is empty; choose from {', '.join(known)}")
     unknown = [m for m in names if m not in known]
     if unknown:
         hint = " (layerskip and polybasic need --backend torch)" if set(unknown) & set(TORCH_DRAFTERS) else ""
         raise click.UsageError(f"unknown method(s) {', '.join(unknown)}; "
                                f"choose from {', '.join(known)}{hint}")
+    peers = [name for name in names if name in b.PEER_METHODS]
+    if peers and opts.backend == "torch":
+        raise click.UsageError(f"the peer methods ({', '.join(peers)}) run llama.cpp, so their speed is not "
+                               "comparable with the torch backend's; bench them without --backend torch")
     if repeats < 1:
         raise click.UsageError("--repeats must be >= 1")
     indexed = [name for name in names if name in INDEXED_DRAFTERS]
@@ -101,11 +121,6 @@ def bench(opts: ModelOptions, prompts_path, methods,
                            "pld_tokens": pld_tokens, "n_ctx": backend.n_ctx,
                            "threads": backend_config.n_threads, "prompts": len(prompts)},
               **report, "summary": summary, "by_category": by_category}
-    out = Path(json_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    table = b.markdown_table(report)
-    out.with_suffix(".md").write_text(table)
-    if not b.write_chart(report, out.with_suffix(".png")):
+    if not b.write_report(report, json_path):
         note("matplotlib is not installed; no chart written")
-    click.echo(table)
+    click.echo(b.markdown_table(report))

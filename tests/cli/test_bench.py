@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -20,13 +21,45 @@ def test_prompt_file_accepts_raw_and_chat_lines(tmp_path):
     assert prompts[0].prompt == "def f():" and prompts[1].messages[0].content == "hi"
 
 
-@pytest.mark.parametrize("line", ['{"id": 1}', 'not json', '{"category": "x", "prompt": "a"}',
-                                  '{"id": 1, "prompt": "a", "messages": [{"role": "user", "content": "b"}]}',
-                                  '{"id": 1, "messages": [{"role": "alien", "content": "b"}]}'])
-def test_bad_prompt_lines_name_the_line(tmp_path, line):
+MESSAGES_SHAPE = '"messages" must be a non-empty list of {"role", "content"} objects'
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"id": 1}', 'exactly one of "prompt" or "messages"'),
+    ('not json', "not valid JSON"),
+    ('{"category": "x", "prompt": "a"}', '"id" is missing'),
+    ('{"id": 1, "prompt": "a", "messages": [{"role": "user", "content": "b"}]}', "exactly one of"),
+    ('{"id": 1, "messages": [{"role": "alien", "content": "b"}]}', "unknown chat role"),
+    ('[1, 2]', "must be a JSON object"),
+    ('"just a string"', "must be a JSON object"),
+    ('{"id": null, "prompt": "a"}', '"id" must be a string or a number'),
+    ('{"id": "a", "prompt": 123}', '"prompt" must be a string'),
+    ('{"id": "a", "category": 5, "prompt": "x"}', '"category" must be a string'),
+    ('{"id": "a", "messages": [{"role": "user", "content": 5}]}', MESSAGES_SHAPE),
+    ('{"id": "a", "messages": [{"role": "user"}]}', MESSAGES_SHAPE),
+    ('{"id": "a", "messages": "hi"}', MESSAGES_SHAPE),
+    ('{"id": "a", "messages": ["hi"]}', MESSAGES_SHAPE),
+    ('{"id": "a", "messages": []}', MESSAGES_SHAPE),
+])
+def test_bad_prompt_lines_name_the_line(tmp_path, line, message):
     path = tmp_path / "p.jsonl"
     path.write_text('{"id": 0, "prompt": "ok"}\n' + line + "\n")
-    with pytest.raises(InvalidSettingsError, match=":2"):
+    with pytest.raises(InvalidSettingsError) as caught:
+        load_prompts(path)
+    assert str(caught.value).startswith(f"{path}:2: ") and message in str(caught.value)
+
+
+def test_prompt_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"id": 0, "prompt": "caf\xe9"}\n')
+    with pytest.raises(InvalidSettingsError, match="p.jsonl: not UTF-8"):
+        load_prompts(path)
+
+
+def test_duplicate_prompt_ids_name_both_lines(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": 7, "prompt": "a"}\n{"id": "b", "prompt": "b"}\n{"id": "7", "prompt": "c"}\n')
+    with pytest.raises(InvalidSettingsError, match=r"p.jsonl:3: id '7' is already used on line 1"):
         load_prompts(path)
 
 
@@ -126,3 +159,97 @@ def test_bench_index_errors_are_one_line(tiny_model, tmp_path, capsys, extra, me
     err = capsys.readouterr().err
     assert code != 0 and message in err and "Traceback" not in err
     assert not (tmp_path / "r.json").exists()
+
+
+def bench_args(model, tmp_path, *extra: str) -> list[str]:
+    prompts = tmp_path / "p.jsonl"
+    if not prompts.exists():
+        prompts.write_text('{"id": "a", "category": "c", "prompt": "def f():"}\n'
+                           '{"id": "b", "category": "c", "prompt": "for x in self:"}\n')
+    return ["bench", "-m", str(model), "--prompts", str(prompts), "-n", "4", "--threads", "1", *extra]
+
+
+@pytest.mark.parametrize(("json_path", "message"), [
+    ("report.md", "must end in .json"),  # the table would overwrite the results
+    ("chart.PNG", "must end in .json"),
+    ("", "must end in .json"),
+    ("folder.json", "is a directory"),
+    ("sibling.json", "sibling.md is a directory"),
+    ("afile/r.json", "is a file, not a folder"),
+])
+def test_bad_json_paths_are_refused_before_the_run(tiny_model, tmp_path, capsys, monkeypatch,
+                                                    json_path, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "sibling.md").mkdir()
+    (tmp_path / "sibling.json").write_text("precious")
+    (tmp_path / "afile").write_text("precious")
+    code = main(bench_args(tiny_model, tmp_path, "--methods", "none", "--json", json_path))
+    err = capsys.readouterr().err
+    assert code == 2 and "'--json'" in err and message in err and "model:" not in err  # no model loaded
+    assert (tmp_path / "sibling.json").read_text() == "precious"
+    assert (tmp_path / "afile").read_text() == "precious"
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "chart.PNG").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs a Linux /proc")
+def test_json_in_a_folder_that_takes_no_files_is_refused(tiny_model, tmp_path, capsys):
+    code = main(bench_args(tiny_model, tmp_path, "--methods", "none", "--json", "/proc/r.json"))
+    err = capsys.readouterr().err
+    assert code == 2 and "'--json'" in err and "cannot create files in /proc" in err
+
+
+def test_a_failed_write_leaves_the_old_results(loopy_model, tmp_path, capsys, monkeypatch):
+    from localspec import bench
+
+    def full_disk(report, path):
+        path.write_bytes(b"half a chart")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bench, "write_chart", full_disk)
+    out = tmp_path / "part.json"
+    out.write_text("precious")
+    out.with_suffix(".md").write_text("precious table")
+    code = main(bench_args(loopy_model, tmp_path, "--methods", "none", "--json", str(out)))
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot write" in err and "No space left" in err and "internal error" not in err
+    assert out.read_text() == "precious" and out.with_suffix(".md").read_text() == "precious table"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["p.jsonl", "part.json", "part.md"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--limit", "0"], "'--limit'"),
+    (["--limit", "-1"], "'--limit'"),
+    (["--pld-tokens", "0"], "'--pld-tokens'"),
+    (["--pld-tokens", "-1"], "'--pld-tokens'"),
+    (["--methods", ""], "--methods is empty"),
+    (["--methods", " , "], "--methods is empty"),
+    (["--backend", "torch", "--methods", "none,peer-ar"], "without --backend torch"),
+    (["--backend", "torch", "--methods", "peer-pld"], "without --backend torch"),
+])
+def test_bad_bench_options_are_usage_errors(tiny_model, tmp_path, capsys, extra, message):
+    out = tmp_path / "r.json"
+    code = main(bench_args(tiny_model, tmp_path, *extra, "--json", str(out)))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err
+    assert not out.exists()
+
+
+def test_repeated_methods_run_once_and_none_alone_charts_without_warnings(loopy_model, tmp_path, recwarn):
+    out = tmp_path / "r.json"
+    assert main(bench_args(loopy_model, tmp_path, "--methods", "none,none", "--json", str(out))) == 0
+    report = json.loads(out.read_text())
+    assert list(report["summary"]) == ["none"]
+    assert [r["results"]["none"]["tokens"] for r in report["prompts"]] == [4, 4]  # -n 4, run once
+    assert out.with_suffix(".png").exists()
+    assert not [w for w in recwarn if "legend" in str(w.message)]
+
+
+def test_a_prompt_too_long_for_the_context_is_named(loopy_model, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "short", "prompt": "def f():"}\n'
+                       '{"id": "long-one", "prompt": "' + "def the " * 400 + '"}\n')
+    code = main(bench_args(loopy_model, tmp_path, "--methods", "none,peer-ar", "--ctx", "256",
+                           "--json", str(tmp_path / "r.json")))
+    err = capsys.readouterr().err
+    assert code == 1 and "error: prompt long-one: the prompt has" in err and "context holds 256" in err
