@@ -15,6 +15,8 @@ A profile is TOML:
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -38,8 +40,16 @@ SETTING_TYPES = {"n_ctx": int, "n_batch": int, "n_threads": int, "n_gpu_layers":
                  "flash_attn": bool, "budget": str, "max_tree_paths": int, "tree_nodes": int, "drafter": str}
 
 
+# a plain file name in the profile folder: no separators, not hidden, short enough for any file system
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+
+
 class ProfileError(LocalspecError):
     """A profile is unknown or malformed."""
+
+
+class ProfileNameError(ProfileError, ValueError):
+    """A profile name that is not a plain file name (it could escape the profile folder)."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +65,16 @@ def user_profile_dir() -> Path:
     return config_dir() / "profiles"
 
 
+def check_profile_name(name: str) -> str:
+    """`name` if it is a plain profile name (letters, digits, `_`, `-`, `.` after the first)."""
+    if not PROFILE_NAME.fullmatch(name):
+        raise ProfileNameError(f"bad profile name {name!r}: use letters, digits, '_', '-' and '.' "
+                               "(not first), at most 100 characters, no folders")
+    return name
+
+
 def user_profile_path(name: str) -> Path:
-    return user_profile_dir() / f"{name}.toml"
+    return user_profile_dir() / f"{check_profile_name(name)}.toml"
 
 
 def _preset_text(name: str) -> str | None:
@@ -98,19 +116,31 @@ def parse_profile(text: str, origin: str) -> tuple[dict, str, dict]:
         if kind is int and isinstance(value, bool) or not isinstance(value, kind):
             raise ProfileError(f"profile {origin}: {key} must be a {kind.__name__}, got {value!r}")
         settings[name] = value
-    meta = data.get("profile", {})
-    return settings, str(meta.get("description", "")), dict(data.get("measured", {}))
+    meta, measured = data.get("profile", {}), data.get("measured", {})
+    if not isinstance(meta, dict) or not isinstance(measured, dict):
+        raise ProfileError(f"profile {origin}: [profile] and [measured] must be tables")
+    return settings, str(meta.get("description", "")), measured
+
+
+def _read_profile_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"profile {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                           "fix or delete it") from None
+    except OSError as exc:
+        raise ProfileError(f"cannot read profile {path}: {exc.strerror or exc}") from None
 
 
 def load_profile(name: str) -> Profile:
     """The preset called `name` with the user's tuned profile of that name laid over it."""
     layers = []
-    preset = _preset_text(name) if name.replace("-", "").replace("_", "").isalnum() else None
+    tuned = user_profile_path(name)  # checks the name first
+    preset = _preset_text(name)
     if preset is not None:
         layers.append(("preset", *parse_profile(preset, f"preset {name!r}")))
-    tuned = user_profile_path(name)
     if tuned.is_file():
-        layers.append(("tuned", *parse_profile(tuned.read_text(encoding="utf-8"), str(tuned))))
+        layers.append(("tuned", *parse_profile(_read_profile_file(tuned), str(tuned))))
     if not layers:
         known = ", ".join(available_profiles()) or "none"
         raise ProfileError(f"unknown profile {name!r} (available: {known})")
@@ -131,10 +161,15 @@ def write_profile(name: str, settings: dict, description: str, measured: dict) -
             "settings": {keys[k]: v for k, v in settings.items() if v is not None},
             "measured": measured}
     path = user_profile_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ProfileError(f"cannot write profile {path}: {exc.strerror or exc}") from None
     return path
 
 

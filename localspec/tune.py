@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localspec.device import DeviceInfo, probe
+from localspec.errors import InvalidSettingsError
 from localspec.memory import MemoryBreakdown, ModelMemory, ScratchModel, calibrate, estimate, measure
 from localspec.planner import Plan, Planner, SpeedModel, format_bytes
-from localspec.profiles import write_profile
+from localspec.profiles import check_profile_name, write_profile
 from localspec.settings import BackendSettings, GenerationSettings
 
 TUNE_PROMPTS = (
@@ -150,6 +151,9 @@ def tune(model_path: Path, budget: int | None, n_threads: int, budget_text: str 
     from localspec.drafters.persist import restore_learned
     from localspec.engine import Engine
 
+    check_profile_name(name)  # before minutes of measuring, not when writing the result
+    if max_tokens < 1:
+        raise InvalidSettingsError(f"max_tokens must be >= 1, got {max_tokens}")
     device = device or probe()
     model = ModelMemory.from_gguf(model_path)
     steps = [0]

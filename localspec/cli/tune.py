@@ -7,19 +7,30 @@ import click
 from localspec.cli.common import ModelOptions, model_options, note, resolve_model
 
 
+def _profile_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from localspec.profiles import ProfileNameError, check_profile_name
+
+    try:
+        return check_profile_name(value)
+    except ProfileNameError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 @click.command()
 @model_options
-@click.option("--name", default="tuned", show_default=True,
+@click.option("--name", default="tuned", show_default=True, callback=_profile_name,
               help="Profile name to write (use it later with --profile NAME).")
-@click.option("--max-tokens", "-n", type=int, default=64, show_default=True,
+@click.option("--max-tokens", "-n", type=click.IntRange(min=1), default=64, show_default=True,
               help="Tokens generated per prompt when measuring speed.")
-def tune(opts: ModelOptions, name, max_tokens) -> None:
+def tune(opts: ModelOptions, name: str, max_tokens: int) -> None:
     """Measure memory, verify cost and drafter acceptance; write a tuned profile."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     from localspec.device import probe
+    from localspec.modelfile import read_model_file
     from localspec.planner import format_bytes, parse_budget
+    from localspec.profiles import preset_names
     from localspec.settings import default_threads
     from localspec.tune import tune as run_tune
 
@@ -27,8 +38,12 @@ def tune(opts: ModelOptions, name, max_tokens) -> None:
         raise click.UsageError("tune measures the llama.cpp backend; with --backend torch, --budget "
                                "plans its memory directly")
     choice = resolve_model(opts)
+    read_model_file(choice.path)  # a missing or broken model fails here, as in other commands
     if choice.is_demo:
         note(choice.describe())
+    if name in preset_names():
+        note(f"{name!r} is a built-in preset: the tuned profile is laid over it (its settings win; "
+             "pass another --name to keep the preset as shipped)")
     threads = opts.n_threads or default_threads()
     device = probe()
     budget = None
@@ -39,16 +54,22 @@ def tune(opts: ModelOptions, name, max_tokens) -> None:
               "cost curve": "verify cost curve", "prime": "recycling matrix",
               "speed": "speed and acceptance"}
     columns = (TextColumn("{task.description:<22}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as bars:
-        tasks: dict[str, int] = {}
+    bars = Progress(*columns, console=console, transient=False)
+    tasks: dict[str, int] = {}
 
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bars.add_task(labels.get(stage, stage), total=total)
-            bars.update(tasks[stage], completed=done, total=total)
+    def progress(stage: str, done: int, total: int) -> None:
+        if not tasks:  # started at the first stage, so an early error leaves no empty bar line
+            bars.start()
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(labels.get(stage, stage), total=total)
+        bars.update(tasks[stage], completed=done, total=total)
 
+    try:
         result = run_tune(choice.path, budget, threads, budget_text=opts.budget, name=name,
                           max_tokens=max_tokens, progress=progress, device=device)
+    finally:
+        if tasks:  # Progress.stop prints a newline off a terminal even if never started
+            bars.stop()
     plan, s = result.plan, result.plan.settings
     click.echo(f"memory model: {', '.join(f'{c.label}: {c.error:+.1%}' for c in result.checks)} "
                "(predicted vs measured peak RSS)")

@@ -12,8 +12,10 @@ bit-identical. New units come in multiples of 32, one quantisation block.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from localspec.errors import ModelFileError, UnsupportedModelError
+from localspec.errors import InvalidSettingsError, ModelFileError, UnsupportedModelError
 from localspec.modelfile import read_model_file
 
 T = gguf.GGMLQuantizationType
@@ -30,6 +32,11 @@ UNIT_STEP = 32
 DEFAULT_TARGET_BYTES = 200 * 2**20
 ORIGINAL_N_FF_KEY = "localspec.widen.original_feed_forward_length"
 FFN_TENSOR = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)\.weight")
+MAX_N_FF = 2**32 - 1  # GGUF stores feed_forward_length as a uint32
+
+
+class TargetTooLargeError(InvalidSettingsError):
+    """The target width is more than a GGUF can describe."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,16 @@ def widen_gguf(src: str | Path, dst: str | Path,
                 for name, t in ffn.items())  # bytes UNIT_STEP more units add across all layers
     extra = UNIT_STEP * max(0, math.ceil((target_weight_bytes - before) / chunk))
     new_ff = n_ff + extra
+    if new_ff > MAX_N_FF:
+        most = before + chunk * ((MAX_N_FF - n_ff) // UNIT_STEP)
+        raise TargetTooLargeError(
+            f"a target of {target_weight_bytes / 2**20:.0f} MiB needs feed_forward_length {new_ff}, more "
+            f"than the {MAX_N_FF} a GGUF can store; {src.name} widens to at most {most / 2**20:.0f} MiB")
+    needed = src.stat().st_size + chunk // UNIT_STEP * extra
+    free = shutil.disk_usage(dst.parent).free if dst.parent.is_dir() else None
+    if free is not None and needed > free:
+        raise ModelFileError(f"the widened copy needs about {needed / 2**20:.0f} MiB but {dst.parent} "
+                             f"has {free / 2**20:.0f} MiB free; lower the target")
 
     writer = gguf.GGUFWriter(None, arch)
     alignment = reader.get_field("general.alignment")
@@ -177,8 +194,15 @@ def widen_gguf(src: str | Path, dst: str | Path,
             writer.write_tensor_data(np.ascontiguousarray(raw).reshape(byte_shape))
         writer.close()
         tmp.replace(dst)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ModelFileError(f"cannot write {dst}: {exc}") from None
+    except BaseException as exc:  # an interrupted or failed write leaves no partial file
+        with contextlib.suppress(OSError):
+            writer.close()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ModelFileError(f"cannot write {dst}: {exc}") from None
+        if isinstance(exc, MemoryError):
+            raise ModelFileError(f"not enough memory to write {dst}; lower the target") from None
+        raise
     after = step_bytes(list(gguf.GGUFReader(str(dst)).tensors))
     return WidenResult(dst, n_ff, new_ff, before, after)
