@@ -10,6 +10,10 @@ import sys
 import time
 
 import httpx
+import pytest
+import uvicorn
+
+from localspec.cli import main
 
 
 def free_port() -> int:
@@ -66,10 +70,61 @@ def test_sigterm_lets_the_running_stream_finish_then_exits_cleanly(tiny_model):
     assert "Shutting down" in stderr
 
 
-def test_a_model_that_cannot_load_stops_the_server(tmp_path):
+def test_a_model_that_cannot_load_stops_the_server_before_it_listens(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf at all")
     proc, _ = serve("--model", str(bad))
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert "could not load the model" in stderr
+    assert stderr == f"localspec: error: not a GGUF file (bad magic b'not '): {bad}\n"
+
+
+@pytest.fixture
+def no_server(monkeypatch):
+    """Makes a test fail at once, instead of hanging, if `serve` got as far as starting uvicorn."""
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *args, **kwargs: pytest.fail("the server started"))
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--port", "-1"], "--port"),
+    (["--port", "70000"], "--port"),
+    (["--draft-tokens", "1000"], "--draft-tokens"),  # the range generate accepts: 0..255
+    (["--draft-tokens", "-1"], "--draft-tokens"),
+    (["--ctx", "-5"], "--ctx"),
+    (["--threads", "0"], "--threads"),
+    (["--batch", "3"], "n_batch"),
+    (["--gpu-layers", "-2"], "n_gpu_layers"),
+    (["--budget", "abc"], "--budget"),
+])
+def test_bad_options_are_usage_errors_before_anything_starts(no_server, capsys, args, named):
+    assert main(["serve", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("localspec: error: ") and named in err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_a_missing_model_is_reported_before_listening(no_server, capsys, tmp_path):
+    missing = tmp_path / "missing.gguf"
+    assert main(["serve", "--model", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"localspec: error: model file not found: {missing}\n"
+
+
+def test_a_port_in_use_is_one_clear_error(no_server, capsys, tiny_model):
+    model = tiny_model
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(model), "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"localspec: error: cannot listen on 127.0.0.1:{port}: ")
+    assert len(err.splitlines()) == 1, err
+
+
+def test_an_unresolvable_host_is_one_clear_error(no_server, capsys, tiny_model):
+    model = tiny_model
+    assert main(["serve", "--model", str(model), "--host", "999.1.1.1", "--port", str(free_port())]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("localspec: error: cannot listen on 999.1.1.1:")
+    assert len(err.splitlines()) == 1, err
