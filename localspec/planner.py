@@ -194,7 +194,7 @@ class Planner:
                 device = min(device, budget)
         elif budget is not None:
             host = budget
-        return host - max(host // 32, 8 * MiB), max(device, 0)
+        return max(host - max(host // 32, 8 * MiB), 0), max(device, 0)
 
     def initial(self, base: BackendSettings, tree_nodes: int, drafter: str,
                 fixed: frozenset[str]) -> PlanState:

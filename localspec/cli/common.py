@@ -143,11 +143,25 @@ def model_options(command):
     @functools.wraps(command)
     def wrapper(**kwargs):
         opts = ModelOptions(**{name: kwargs.pop(name) for name in names})
+        check_backend_flags(opts)
         return command(opts, **kwargs)
 
     for option in reversed(_OPTIONS):
         wrapper = option(wrapper)
     return wrapper
+
+
+def check_backend_flags(opts: ModelOptions) -> None:
+    """Refuse flags the chosen backend would ignore: each backend takes its own."""
+    if opts.backend == "torch":
+        llama_only = {"--batch": opts.n_batch, "--gpu-layers": opts.n_gpu_layers, "--kv-type": opts.kv_type,
+                      "--flash-attn/--no-flash-attn": opts.flash_attn}
+        given = [flag for flag, value in llama_only.items() if value is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} set llama.cpp; the torch backend takes --device, "
+                                   "--dtype, --ctx and --threads")
+    elif opts.device or opts.dtype:
+        raise click.UsageError("--device and --dtype choose for --backend torch; llama.cpp uses --gpu-layers")
 
 
 def resolve_settings(opts: ModelOptions, model_path=None, measure: bool = True) -> ResolvedSettings:
@@ -225,8 +239,6 @@ def open_engine(model_path, settings: BackendSettings, use_budget: bool = True,
     """Load the backend and wrap it in an engine with the device-aware budget (if wanted)."""
     if runtime.backend == "torch":
         return _open_torch_engine(model_path, settings, use_budget, runtime)
-    if runtime.device or runtime.dtype:
-        raise click.UsageError("--device and --dtype choose for --backend torch; llama.cpp uses --gpu-layers")
     from localspec.backends.llamacpp import LlamaCppBackend
     from localspec.budget import SpeculationBudget, cached_cost_curve
     from localspec.engine import Engine

@@ -71,6 +71,8 @@ def generate(opts: ModelOptions, prompt, chat, system, max_tokens, temperature, 
                                   sampling=sampling)  # checks the values before anything loads
     if drafter is not None:  # a drafter given by flag is checked before anything loads
         check_drafting(drafter, index_path, opts)
+    if system is not None and not chat:
+        raise click.UsageError("--system is a chat message: add --chat")
     store = read_index(index_path) if index_path else None
     if prompt == "-":
         prompt = read_stdin()

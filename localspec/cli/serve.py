@@ -39,7 +39,8 @@ MAX_DRAFT_TOKENS = 255  # the most GenerationSettings accepts
               help="Allow browser requests from this origin (repeatable; '*' for any). Default: none.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 @click.option("--drafter", "-d", default="auto", show_default=True,
-              help="Draft method when a request does not choose: auto, recycling, retrieval, lookup, none.")
+              help="Draft method when a request does not choose: auto, recycling, retrieval, lookup, none, "
+                   "or with --backend torch layerskip or polybasic.")
 @click.option("--draft-tokens", type=click.IntRange(0, MAX_DRAFT_TOKENS), default=8, show_default=True,
               help="Most draft tokens verified per step.")
 @click.option("--fixed-draft", is_flag=True,

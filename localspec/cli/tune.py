@@ -37,6 +37,13 @@ def tune(opts: ModelOptions, name: str, max_tokens: int) -> None:
     if opts.backend != "llamacpp" or opts.device or opts.dtype:
         raise click.UsageError("tune measures the llama.cpp backend; with --backend torch, --budget "
                                "plans its memory directly")
+    chosen_by_tune = {"--ctx": opts.n_ctx, "--batch": opts.n_batch, "--gpu-layers": opts.n_gpu_layers,
+                      "--kv-type": opts.kv_type, "--flash-attn/--no-flash-attn": opts.flash_attn,
+                      "--profile": opts.profile}
+    given = [flag for flag, value in chosen_by_tune.items() if value is not None]
+    if given:
+        raise click.UsageError(f"tune plans {', '.join(given)} itself from what it measures; give it "
+                               "only --budget, --threads and --model")
     choice = resolve_model(opts)
     read_model_file(choice.path)  # a missing or broken model fails here, as in other commands
     if choice.is_demo:

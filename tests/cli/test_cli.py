@@ -167,6 +167,11 @@ def test_cache_dir_that_is_a_file_is_a_one_line_error(capsys, monkeypatch, tmp_p
         make_dir(blocker / "sub")
 
 
+def test_a_system_message_needs_chat(capsys, tiny_model):
+    code, out, err = run(capsys, "generate", "-m", str(tiny_model), "-p", "x", "--system", "be brief")
+    assert code == 2 and "--chat" in err and not out
+
+
 def test_a_cache_file_that_cannot_be_written_is_a_one_line_error(capsys, monkeypatch, tmp_path, tiny_model):
     (tmp_path / "cost_curves.json").mkdir()  # where the measured verify costs go
     monkeypatch.setenv("LOCALSPEC_CACHE_DIR", str(tmp_path))

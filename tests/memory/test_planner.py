@@ -88,6 +88,8 @@ def test_flags_fix_settings_the_planner_may_not_trade():
 def test_nothing_fits_is_a_clear_error():
     with pytest.raises(MemoryBudgetError, match="does not fit in the budget of 1.00 GiB.*weights"):
         Planner(model(), CPU, SCRATCH).plan(GiB, base())
+    with pytest.raises(MemoryBudgetError, match=r"and 0\.0 MiB is usable"):  # a budget below the margin
+        Planner(model(), CPU, SCRATCH).plan(4 * MiB, base())
 
 
 def test_gpu_gets_every_layer_that_fits_and_loses_layers_last():

@@ -62,5 +62,15 @@ def test_tune_command_prints_the_plan_and_speedup(capsys, tiny_model, monkeypatc
 def test_tune_says_it_tunes_llama_cpp_only(capsys, tiny_model, flags):
     code = main(["tune", "-m", str(tiny_model), *flags])
     err = capsys.readouterr().err
-    assert code == 2 and "llama.cpp" in err and "--budget" in err and "Traceback" not in err
+    assert code == 2 and "llama.cpp" in err and "Traceback" not in err
+    assert "--budget" in err or "--backend torch" in err
+
+
+@pytest.mark.parametrize("flags", [["--ctx", "512"], ["--kv-type", "q8_0"], ["--profile", "cpu-8gb"],
+                                   ["--no-flash-attn"]])
+def test_tune_refuses_settings_it_plans_itself(capsys, tiny_model, flags):
+    code = main(["tune", "-m", str(tiny_model), "-n", "4", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and flags[0] in err and "plans" in err
+    assert len(err.splitlines()) == 1, err
 

@@ -36,6 +36,17 @@ def test_torch_drafters_need_the_torch_backend(capsys, torch_model_path):
 def test_device_and_dtype_belong_to_the_torch_backend(capsys, torch_model_path):
     code, _, err = run(capsys, "generate", "-m", str(torch_model_path), "-p", "x", "--dtype", "float16")
     assert code == 2 and "--backend torch" in err
+    code, out, err = run(capsys, "info", "-m", str(torch_model_path), "--device", "cpu")
+    assert code == 2 and "--backend torch" in err and not out
+
+
+@pytest.mark.parametrize("flag", [["--batch", "64"], ["--gpu-layers", "2"], ["--kv-type", "q8_0"],
+                                  ["--no-flash-attn"]])
+def test_llama_cpp_flags_are_refused_with_the_torch_backend(capsys, torch_model_path, flag):
+    code, _, err = run(capsys, "generate", "-m", str(torch_model_path), "-p", "x", "-n", "2",
+                       "--backend", "torch", "--device", "cpu", *flag)
+    assert code == 2 and flag[0] in err and "the torch backend takes" in err
+    assert len(err.splitlines()) == 1, err
 
 
 def test_bench_runs_torch_methods(capsys, tmp_path, torch_model_path):
