@@ -17,7 +17,7 @@ from localspec.backends.base import Backend
 from localspec.budget import SpeculationBudget
 from localspec.drafters import Drafter, make_drafter
 from localspec.errors import ContextOverflowError, InvalidSettingsError
-from localspec.sampling import GumbelNoise, greedy_token, make_distribution
+from localspec.sampling import GumbelNoise, greedy_token, sampled_token
 from localspec.settings import GenerationSettings, SamplingSettings
 from localspec.tree import DraftTree
 from localspec.verify import Verdict, verify_greedy, verify_walk
@@ -69,7 +69,7 @@ def judge(tree: DraftTree, logits: np.ndarray, history: np.ndarray, sampling: Sa
         context = np.concatenate([history, drafted]) if sampling.has_penalties else history
         if noise is None:
             return greedy_token(logits[row], context, sampling)
-        return noise.sample(make_distribution(logits[row], context, sampling), len(history) + len(drafted))
+        return sampled_token(logits[row], context, sampling, noise, len(history) + len(drafted))
 
     return verify_walk(tree, target)
 

@@ -40,8 +40,10 @@ class Distribution:
         return out
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MUL1, _MUL2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+# splitmix64's constants (layerskip's device copy of the hash uses them too)
+GOLDEN = 0x9E3779B97F4A7C15
+MIX_MUL1, MIX_MUL2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_GOLDEN, _MUL1, _MUL2 = np.uint64(GOLDEN), np.uint64(MIX_MUL1), np.uint64(MIX_MUL2)
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
@@ -107,6 +109,16 @@ def greedy_token(logits: np.ndarray, history: np.ndarray, settings: SamplingSett
     if settings.has_penalties:
         return int(np.argmax(apply_penalties(logits, history, settings)))
     return int(np.argmax(logits))
+
+
+def sampled_token(logits: np.ndarray, history: np.ndarray, settings: SamplingSettings, noise: GumbelNoise,
+                  position: int) -> int:
+    """The token the sampler draws at `position`: noise.sample(make_distribution(...)). Unfiltered,
+    log p + g and logits / T + g differ by a constant, so the draw skips normalising the vocabulary."""
+    if settings.top_k or settings.top_p < 1.0 or settings.min_p > 0.0:
+        return noise.sample(make_distribution(logits, history, settings), position)
+    x = apply_penalties(logits, history, settings)
+    return int(np.argmax(noise.perturbed(x, position, np.arange(x.shape[0]))))
 
 
 def make_distribution(logits: np.ndarray, history: np.ndarray, settings: SamplingSettings) -> Distribution:

@@ -8,7 +8,13 @@ from scipy.special import softmax
 from scipy.stats import chisquare
 
 from localspec.errors import InvalidSettingsError
-from localspec.sampling import Distribution, GumbelNoise, apply_penalties, make_distribution
+from localspec.sampling import (
+    Distribution,
+    GumbelNoise,
+    apply_penalties,
+    make_distribution,
+    sampled_token,
+)
 from localspec.settings import SamplingSettings
 
 
@@ -112,3 +118,16 @@ def test_noise_depends_on_seed_position_and_token_only():
     np.testing.assert_array_equal(grid, [noise.gumbel(3, pair), noise.gumbel(4, pair)])
     np.testing.assert_allclose(noise.perturbed(np.array([1.0, -1.0]), 3, pair),
                                np.array([2.0, -2.0]) + noise.gumbel(3, pair))
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=0.8), dict(temperature=1.2, repeat_penalty=1.3),
+                                    dict(temperature=0.9, top_k=5), dict(temperature=1.0, top_p=0.7)])
+def test_sampled_token_is_the_noises_draw_from_the_distribution(kwargs, rng):
+    """The engine's shortcut (no normalising when nothing filters) draws what the sampler would."""
+    s = SamplingSettings(**kwargs)
+    noise = GumbelNoise(11, s.temperature)
+    history = rng.integers(0, 50, 20)
+    for position in range(300):
+        logits = rng.normal(0, 3, 50).astype(np.float32)
+        expected = noise.sample(make_distribution(logits, history, s), position)
+        assert sampled_token(logits, history, s, noise, position) == expected
