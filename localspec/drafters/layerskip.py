@@ -38,7 +38,7 @@ from localspec.backends.torch_model import FULL, SkipSet
 from localspec.budget import CostCurve, model_fingerprint
 from localspec.drafters.recycling import RankTemplate
 from localspec.drafters.skipsets import SkipSetSearch, SkipSetStore
-from localspec.sampling import GumbelNoise
+from localspec.sampling import GOLDEN, MIX_MUL1, MIX_MUL2, GumbelNoise
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
 
@@ -135,9 +135,41 @@ def guesses(logits: torch.Tensor, positions: np.ndarray | list[int], noise: Gumb
     that the first guess is the token the sampler will draw if the full model agrees."""
     if noise is None:
         return logits.topk(k, dim=-1).indices
+    if logits.device.type == "cuda":  # the noise of a whole vocabulary per row: made where the logits are
+        rows = torch.as_tensor(np.asarray(positions, np.int64), device=logits.device)[:, None]
+        gumbel = device_gumbel(noise.seed, rows, torch.arange(logits.shape[-1], device=logits.device))
+        return (logits.double() / noise.temperature + gumbel).topk(k, dim=-1).indices
     scores = noise.perturbed(logits.float().cpu().numpy(), np.asarray(positions)[:, None],
                              np.arange(logits.shape[-1]))
     return torch.from_numpy(scores).to(logits.device).topk(k, dim=-1).indices
+
+
+def _signed(value: int) -> int:
+    """A uint64 constant as the int64 with the same bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical shift of int64 holding uint64 bits (torch's >> keeps the sign)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix64(z: torch.Tensor) -> torch.Tensor:
+    z = (z ^ _shift_right(z, 30)) * _signed(MIX_MUL1)  # int64 products wrap as uint64 ones do
+    z = (z ^ _shift_right(z, 27)) * _signed(MIX_MUL2)
+    return z ^ _shift_right(z, 31)
+
+
+def device_gumbel(seed: int, positions: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """GumbelNoise(seed, T).gumbel(positions, ids) computed with torch on the tensors' device, bit
+    for bit the same hash (the logarithms may differ in the last place): a GPU hashes a
+    vocabulary per row in microseconds where numpy, after a copy, takes milliseconds."""
+    golden = _signed(GOLDEN)
+    key = _mix64(torch.tensor(_signed((seed + GOLDEN) % 2**64), dtype=torch.int64, device=ids.device))
+    key = _mix64(key ^ (positions * golden))
+    bits = _mix64(key + ids * _signed(MIX_MUL1))
+    uniform = (_shift_right(bits, 11).double() + 0.5) * 2.0 ** -53
+    return -torch.log(-torch.log(uniform))
 
 
 def draft_chain(backend: TorchBackend, skip: SkipSet, n_past: int, token: int, position: int, slot: int,

@@ -11,7 +11,14 @@ import torch
 from localspec.backends.torch_backend import chain_parents
 from localspec.backends.torch_model import SkipSet
 from localspec.budget import CostCurve
-from localspec.drafters.layerskip import LayerSkipDrafter, LayerSkipSettings, draft_plan, guesses, plan_tree
+from localspec.drafters.layerskip import (
+    LayerSkipDrafter,
+    LayerSkipSettings,
+    device_gumbel,
+    draft_plan,
+    guesses,
+    plan_tree,
+)
 from localspec.drafters.polybasic import torch_drafter_factory
 from localspec.drafters.skipsets import SkipSetSearch
 from localspec.engine import Engine
@@ -203,6 +210,18 @@ def test_guesses_are_the_top_logits_or_with_noise_the_samplers_picks(torch_backe
     for row, position in enumerate([7, 8, 9]):
         scores = logits[row].numpy().astype(np.float64) / 0.7 + noise.gumbel(position, ids)
         assert guesses(logits, [7, 8, 9], noise, 2)[row].tolist() == np.argsort(-scores)[:2].tolist()
+
+
+@pytest.mark.parametrize("seed", [0, 5, 2**63 + 7, -3])
+def test_the_device_copy_of_the_noise_is_the_samplers_noise(seed):
+    """guesses() hashes the noise with torch on a GPU; run here on CPU tensors, it must give the
+    sampler's numbers (the same bits; logarithms within rounding)."""
+    noise = GumbelNoise(seed, 0.8)
+    positions, ids = np.array([0, 7, 1_000_003]), np.arange(5000)
+    expected = noise.gumbel(positions[:, None], ids)
+    got = device_gumbel(seed, torch.from_numpy(positions)[:, None], torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    assert np.array_equal(got.argmax(axis=1), expected.argmax(axis=1))
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
