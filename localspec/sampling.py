@@ -47,10 +47,19 @@ _GOLDEN, _MUL1, _MUL2 = np.uint64(GOLDEN), np.uint64(MIX_MUL1), np.uint64(MIX_MU
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: every output bit depends on every input bit."""
-    z = (z ^ (z >> np.uint64(30))) * _MUL1
-    z = (z ^ (z >> np.uint64(27))) * _MUL2
-    return z ^ (z >> np.uint64(31))
+    """splitmix64's finaliser: every output bit depends on every input bit. Mixes `z` in place (a
+    vocabulary's worth of fresh temporaries costs more in page faults than the arithmetic)."""
+    z = np.asarray(z, np.uint64)
+    shifted = np.empty_like(z)
+    np.right_shift(z, np.uint64(30), out=shifted)
+    z ^= shifted
+    z *= _MUL1
+    np.right_shift(z, np.uint64(27), out=shifted)
+    z ^= shifted
+    z *= _MUL2
+    np.right_shift(z, np.uint64(31), out=shifted)
+    z ^= shifted
+    return z
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,14 @@ class GumbelNoise:
             key = _mix64(np.asarray(self.seed % 2**64, np.uint64) + _GOLDEN)
             key = _mix64(key ^ (np.asarray(position, np.int64).astype(np.uint64) * _GOLDEN))
             bits = _mix64(key + np.asarray(ids, np.int64).astype(np.uint64) * _MUL1)
-        uniform = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53  # in (0, 1)
-        return -np.log(-np.log(uniform))
+        bits >>= np.uint64(11)
+        noise = bits.astype(np.float64)
+        noise += 0.5
+        noise *= 2.0**-53  # uniform in (0, 1)
+        np.log(noise, out=noise)
+        np.negative(noise, out=noise)
+        np.log(noise, out=noise)
+        return np.negative(noise, out=noise)
 
     def sample(self, dist: Distribution, position: int) -> int:
         """The token drawn from `dist` at `position`: argmax(log p + g), distributed exactly as p."""
@@ -117,8 +132,10 @@ def sampled_token(logits: np.ndarray, history: np.ndarray, settings: SamplingSet
     log p + g and logits / T + g differ by a constant, so the draw skips normalising the vocabulary."""
     if settings.top_k or settings.top_p < 1.0 or settings.min_p > 0.0:
         return noise.sample(make_distribution(logits, history, settings), position)
-    x = apply_penalties(logits, history, settings)
-    return int(np.argmax(noise.perturbed(x, position, np.arange(x.shape[0]))))
+    x = apply_penalties(logits, history, settings)  # a float64 copy, scored in place
+    x /= settings.temperature
+    x += noise.gumbel(position, np.arange(x.shape[0]))
+    return int(np.argmax(x))
 
 
 def make_distribution(logits: np.ndarray, history: np.ndarray, settings: SamplingSettings) -> Distribution:
