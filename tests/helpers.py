@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
+from localspec.datastore import Datastore
 from localspec.sampling import Distribution, GumbelNoise
 from localspec.tree import DraftTree
 from localspec.verify import Verdict
@@ -133,3 +136,30 @@ def enumerate_outputs(run) -> dict[tuple[int, ...], float]:
             prefix = [c for c, _ in coin.choices[:depth]]
             stack.extend(prefix + [alt] for alt, w in enumerate(weights) if alt != taken and w > 0)
     return outputs
+
+
+def not_an_index(path: Path) -> None:
+    """Write one kind of file that is not a localspec index, named by `path`'s stem."""
+    kind = path.stem
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(300))
+    elif kind == "jsonl":
+        path.write_text('{"prompt": "hi"}\n{"prompt": "there"}\n')
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "hello")
+    elif kind == "npy":
+        with open(path, "wb") as f:  # a file object keeps numpy from appending ".npy"
+            np.save(f, np.arange(5))
+    elif kind == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, tokens=np.arange(5))
+    elif kind == "truncated":
+        Datastore.build([np.arange(50)]).save(path)
+        path.write_bytes(path.read_bytes()[:-40])
+    elif kind == "bad_suffixes":
+        with open(path, "wb") as f:
+            np.savez(f, tokens=np.arange(3, dtype=np.int32), suffixes=np.array([0, 7, 1]),
+                     fingerprint=np.array("x"), version=np.array(1))

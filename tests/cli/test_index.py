@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import zipfile
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from localspec import indexing
 from localspec.cli import main
 from localspec.datastore import Datastore, DatastoreError
+from tests.helpers import not_an_index
 
 CODE = "def print_self(self):\n    for x in self:\n        print(x)\n    return self\n"
 
@@ -101,20 +101,10 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("empty.idx", "empty; "), ("random.idx", ""), ("prompts.jsonl", ""), ("other.zip", ""),
-])
-def test_generate_with_a_file_that_is_not_an_index_is_one_line(capsys, tmp_path, tiny_model, name, reason):
-    path = tmp_path / name
-    if name == "random.idx":
-        path.write_bytes(np.random.default_rng(1).bytes(300))
-    elif name == "prompts.jsonl":
-        path.write_text('{"prompt": "hi"}\n')
-    elif name == "other.zip":
-        with zipfile.ZipFile(path, "w") as archive:
-            archive.writestr("version", "1")
-    else:
-        path.touch()
+@pytest.mark.parametrize("kind, reason", [("empty", "empty; "), ("random", ""), ("jsonl", ""), ("zip", "")])
+def test_generate_with_a_file_that_is_not_an_index_is_one_line(capsys, tmp_path, tiny_model, kind, reason):
+    path = tmp_path / f"{kind}.idx"
+    not_an_index(path)
     code, out, err = run(capsys, "generate", "-m", str(tiny_model), "-n", "8", "-p", "hi", "--threads", "1",
                          "--index", str(path))
     assert code == 1 and out == ""

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import zipfile
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from localspec.datastore import SEP, Datastore, DatastoreDrafter, DatastoreError
 from localspec.engine import Engine
 from localspec.generate import generate
 from localspec.settings import GenerationSettings
+from tests.helpers import not_an_index
 
 files = st.lists(st.lists(st.integers(0, 2), max_size=40), max_size=4)
 contexts = st.lists(st.integers(0, 2), max_size=20)
@@ -142,33 +141,6 @@ def test_save_and_load_round_trip(tmp_path):
         Datastore.load(tmp_path / "junk")
     with pytest.raises(DatastoreError):
         Datastore.load(tmp_path / "missing.npz")
-
-
-def not_an_index(path: Path) -> None:
-    """Write one kind of file that is not a localspec index, named by `path`'s stem."""
-    kind = path.stem
-    if kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "random":
-        path.write_bytes(np.random.default_rng(0).bytes(300))
-    elif kind == "jsonl":
-        path.write_text('{"prompt": "hi"}\n{"prompt": "there"}\n')
-    elif kind == "zip":
-        with zipfile.ZipFile(path, "w") as archive:
-            archive.writestr("notes.txt", "hello")
-    elif kind == "npy":
-        with open(path, "wb") as f:  # a file object keeps numpy from appending ".npy"
-            np.save(f, np.arange(5))
-    elif kind == "npz":
-        with open(path, "wb") as f:
-            np.savez(f, tokens=np.arange(5))
-    elif kind == "truncated":
-        Datastore.build([np.arange(50)]).save(path)
-        path.write_bytes(path.read_bytes()[:-40])
-    elif kind == "bad_suffixes":
-        with open(path, "wb") as f:
-            np.savez(f, tokens=np.arange(3, dtype=np.int32), suffixes=np.array([0, 7, 1]),
-                     fingerprint=np.array("x"), version=np.array(1))
 
 
 @pytest.mark.parametrize("kind, reason", [
