@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from fastapi import APIRouter, Request
@@ -56,6 +57,8 @@ def build_router(session: Session, config: ServerConfig, http: HttpCounters) -> 
             gone.cancel()
             if not result.done():  # the client left: cancelling closes `events`, which cancels the job
                 result.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await result  # until then the task is only asked to stop, not cancelled()
         if result.cancelled():
             return JSONResponse({}, status_code=499)  # nobody reads it
         text, final = result.result()
