@@ -9,7 +9,22 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+MAX_STOP_STRINGS = 16
+
+
+def _check_stop(value: object) -> object:
+    """One message that says what is wrong with `stop` (a union's per-branch errors say little)."""
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise PydanticCustomError("stop", "must be a string or a list of strings")
+    if len(value) > MAX_STOP_STRINGS:
+        raise PydanticCustomError("stop", "at most {most} stop strings, got {count}",
+                                  {"most": MAX_STOP_STRINGS, "count": len(value)})
+    return value
 
 
 class _Request(BaseModel):
@@ -39,7 +54,7 @@ class SamplingRequest(_Request):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     seed: int | None = Field(None, description="negative = random")
-    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
+    stop: Annotated[str | list[str] | None, BeforeValidator(_check_stop)] = None
     n: int = Field(1, ge=1, description="only 1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -72,6 +72,15 @@ def test_malformed_body_gets_a_4xx_and_the_server_keeps_serving(server, path, bo
     assert ok.status_code == 200
 
 
+@pytest.mark.parametrize(("stop", "says"), [(["s"] * 17, "at most 16 stop strings, got 17"),
+                                             (5, "must be a string or a list of strings"),
+                                             (["a", 3], "must be a string or a list of strings")])
+def test_a_bad_stop_says_what_is_wrong_with_it(server, stop, says):
+    response = httpx.post(f"{server.url}{TEXT}", json={"prompt": "x", "stop": stop}, timeout=30)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == "stop" and error["message"] == f"stop: {says}"
+
+
 def test_unknown_fields_are_ignored(server):
     body = {"messages": USER, "max_tokens": 2, "temperature": 0, "frobnicate": {"x": 1}, "tools": [],
             "parallel_tool_calls": False, "store": True, "metadata": {"a": "b"}}
