@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from pydantic_core import PydanticCustomError
 
 MAX_STOP_STRINGS = 16
@@ -59,7 +59,7 @@ class SamplingRequest(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     logit_bias: dict[str, float] | None = Field(None, description="token id -> bias in [-100, 100]")
-    speculation: bool | Speculation | None = None
+    speculation: StrictBool | Speculation | None = None  # "yes" is not a switch
     user: str | None = None
 
 

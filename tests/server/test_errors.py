@@ -38,6 +38,7 @@ MALFORMED = [
     (CHAT, {"messages": USER, "logit_bias": {"1": 500}}, "logit_bias value out of range"),
     (CHAT, {"messages": USER, "logit_bias": {"99999": 1}}, "logit_bias token not in vocabulary"),
     (CHAT, {"messages": USER, "speculation": {"drafter": "magic"}}, "unknown drafter"),
+    (CHAT, {"messages": USER, "speculation": "yes"}, "speculation a string"),
     (CHAT, {"messages": USER, "speculation": {"max_draft_tokens": 999}}, "draft budget too large"),
     (CHAT, {"messages": USER, "logprobs": True}, "logprobs"),
     (CHAT, {"messages": USER, "response_format": {"type": "json_object"}}, "json mode"),
