@@ -27,7 +27,7 @@ from localspec.settings import GenerationSettings
 from tui.chatmodel import ChatModel, LiveStats, ModelLoader, Progress, load_llamacpp
 from tui.commands import ChatCommands
 from tui.export import slug, to_markdown
-from tui.history import Conversation, History
+from tui.history import Conversation, History, HistoryError, StoredMessage
 from tui.options import ChatSettings
 from tui.screens.dialogs import ConfirmScreen, TextPromptScreen
 from tui.screens.help import HelpScreen
@@ -64,6 +64,7 @@ class Turn:
     user_view: MessageView | None = None
     user_message_id: int | None = None
     view: MessageView | None = None  # the answer, once mounted
+    replaces: StoredMessage | None = None  # the answer being regenerated: deleted once the new one is stored
 
 
 class ChatApp(App[None]):
@@ -129,7 +130,7 @@ class ChatApp(App[None]):
         with Horizontal():
             with Vertical(id="sidebar"):
                 yield Label("localspec", id="brand")
-                yield Label(self.options.model.name, id="model-name")
+                yield Label(self.options.model.name, id="model-name", markup=False)
                 yield Button("+ New chat", id="new-chat")
                 yield ConversationList(id="conversations")
             with Vertical(id="main"):
@@ -159,7 +160,7 @@ class ChatApp(App[None]):
         theme = self.history.get_state("theme")
         if theme in self.available_themes:
             self.theme = theme
-        self.watch(self, "theme", lambda name: self.history.set_state("theme", name), init=False)
+        self.watch(self, "theme", lambda name: self.save_state("theme", name), init=False)
         self.set_status(state="loading model")
         self.prompt.loading = True
         self.prompt.focus()
@@ -169,6 +170,16 @@ class ChatApp(App[None]):
         self.refresh_memory()
         self.set_interval(2.0, self.refresh_memory)
         self.load(self.options.model, None)
+
+    def save_state(self, key: str, value: str) -> None:
+        try:
+            self.history.set_state(key, value)
+        except HistoryError as exc:
+            self.history_failed(exc)
+
+    def history_failed(self, exc: HistoryError) -> None:
+        self.notify(f"{exc}\nThis change is not saved.", title="History not saved", severity="warning",
+                    timeout=10, markup=False)
 
     def refresh_memory(self) -> None:
         if self.query(StatusBar):  # the interval can fire once more while the app tears down
@@ -213,7 +224,7 @@ class ChatApp(App[None]):
         self.prompt.loading = False
         self.set_status(state="no model")
         self.notify(f"{event.error}\nChoose another model with Ctrl+O.", title="Cannot load the model",
-                    severity="error", timeout=15)
+                    severity="error", timeout=15, markup=False)
 
     def action_pick_model(self) -> None:
         if self.generating:
@@ -239,7 +250,7 @@ class ChatApp(App[None]):
         self.conversation = conversation
         if conversation is not None:
             self.chat_settings = ChatSettings.from_dict(conversation.settings)
-            self.history.set_state("last_conversation", str(conversation.id))
+            self.save_state("last_conversation", str(conversation.id))
         stored = self.history.messages(conversation.id) if conversation else []
         await self.log_view.show([(m.role, m.content, m.id) for m in stored])
         self.prompt.remember([m.content for m in stored if m.role == "user"])
@@ -285,11 +296,16 @@ class ChatApp(App[None]):
             return
 
         def done(title: str | None) -> None:
-            if title:
+            if not title:
+                return
+            try:
                 self.history.rename(conversation_id, title)
-                if self.conversation and self.conversation.id == conversation_id:
-                    self.conversation = self.history.conversation(conversation_id)
-                self.refresh_sidebar()
+            except HistoryError as exc:
+                self.history_failed(exc)
+                return
+            if self.conversation and self.conversation.id == conversation_id:
+                self.conversation = self.history.conversation(conversation_id)
+            self.refresh_sidebar()
 
         self.push_screen(TextPromptScreen("Rename conversation", conversation.title, "Rename"), done)
 
@@ -309,7 +325,11 @@ class ChatApp(App[None]):
         async def done(confirmed: bool | None) -> None:
             if not confirmed:
                 return
-            self.history.delete(conversation_id)
+            try:
+                self.history.delete(conversation_id)
+            except HistoryError as exc:
+                self.history_failed(exc)
+                return
             if self.conversation and self.conversation.id == conversation_id:
                 remaining = self.history.conversations()
                 await self.open_conversation(remaining[0] if remaining else None)
@@ -322,23 +342,30 @@ class ChatApp(App[None]):
         if self.conversation is None:
             self.notify("Nothing to export yet.", severity="warning")
             return
-        conversation = self.conversation
+        self.ask_export_name(self.conversation, f"{slug(self.conversation.title)}.md")
 
+    def ask_export_name(self, conversation: Conversation, name: str) -> None:
         def done(name: str | None) -> None:
             if not name:
                 return
-            path = Path(name).expanduser()
             text = to_markdown(conversation, self.history.messages(conversation.id),
                                self.chat_settings.system_prompt)
             try:
-                path.write_text(text, encoding="utf-8")
-            except OSError as exc:
-                self.notify(str(exc), title="Export failed", severity="error")
+                path = Path(name).expanduser()  # RuntimeError: ~user of no such user
+                with path.open("x", encoding="utf-8", errors="replace") as file:  # never overwrites
+                    file.write(text)
+            except FileExistsError:
+                self.notify(f"{path} already exists: choose another name.", title="Not exported",
+                            severity="warning", markup=False)
+                self.ask_export_name(conversation, name)
                 return
-            self.notify(f"Saved {path.resolve()}", title="Exported")
+            except (OSError, RuntimeError, ValueError) as exc:  # ~nosuchuser, a NUL in the name
+                message = str(exc) if isinstance(exc, OSError) else f"{name}: {exc}"
+                self.notify(message, title="Export failed", severity="error", markup=False)
+                return
+            self.notify(f"Saved {path.resolve()}", title="Exported", markup=False)
 
-        self.push_screen(TextPromptScreen("Export to Markdown file", f"{slug(conversation.title)}.md",
-                                          "Export"), done)
+        self.push_screen(TextPromptScreen("Export to Markdown file", name, "Export"), done)
 
     # -- settings and panels -------------------------------------------------------------------
 
@@ -348,7 +375,11 @@ class ChatApp(App[None]):
                 return
             self.chat_settings = settings
             if self.conversation is not None:
-                self.history.save_settings(self.conversation.id, settings.to_dict())
+                try:
+                    self.history.save_settings(self.conversation.id, settings.to_dict())
+                except HistoryError as exc:
+                    self.history_failed(exc)
+                    return
             self.notify("Settings saved for this conversation", timeout=2)
 
         self.push_screen(SettingsScreen(self.chat_settings), done)
@@ -381,13 +412,21 @@ class ChatApp(App[None]):
         if self._busy():
             return
         text = event.text
+        conversation = self.conversation
+        try:
+            if conversation is None:
+                title = text.strip().splitlines()[0][:48]
+                conversation = self.history.create(title, self.chat_settings.to_dict())
+            stored = self.history.add_message(conversation.id, "user", text)
+        except HistoryError as exc:  # the prompt stays in the input, to send again
+            self.notify(f"{exc}\nThe prompt was not sent.", title="History not saved", severity="error",
+                        timeout=10, markup=False)
+            return
         if self.conversation is None:
-            title = text.strip().splitlines()[0][:48]
-            self.conversation = self.history.create(title, self.chat_settings.to_dict())
-            self.history.set_state("last_conversation", str(self.conversation.id))
-        stored = self.history.add_message(self.conversation.id, "user", text)
+            self.conversation = conversation
+            self.save_state("last_conversation", str(conversation.id))
         self.prompt.clear_sent(text)
-        user_view = await self.log_view.add("user", text, stored.id)
+        user_view = await self.log_view.add("user", stored.content, stored.id)
         self.refresh_sidebar()
         await self.start_reply(Turn(self.conversation.id, text, user_view, stored.id))
 
@@ -400,8 +439,10 @@ class ChatApp(App[None]):
         self.generating = True
         self.set_status(state="generating")
         system = self.chat_settings.system_prompt.strip()
+        replaced = turn.replaces.id if turn.replaces else None
         messages = ([ChatMessage("system", system)] if system else []) + [
-            ChatMessage(m.role, m.content) for m in self.history.messages(turn.conversation_id)]
+            ChatMessage(m.role, m.content) for m in self.history.messages(turn.conversation_id)
+            if m.id != replaced]
         self.generate(self.model, messages, self.chat_settings.generation())
 
     @work(thread=True, exclusive=True, group="generate")
@@ -448,10 +489,16 @@ class ChatApp(App[None]):
         await turn.view.finish(event.text)
         if event.text:
             stats = event.stats.to_dict() if event.stats else None
-            stored = self.history.add_message(turn.conversation_id, "assistant", event.text, stats)
-            turn.view.message_id = stored.id
+            try:
+                stored = self.history.add_message(turn.conversation_id, "assistant", event.text, stats)
+                turn.view.message_id = stored.id
+                if turn.replaces is not None:
+                    self.history.delete_message(turn.replaces.id)
+            except HistoryError as exc:
+                self.history_failed(exc)
         else:
             await self.log_view.remove_view(turn.view)
+            await self.restore_replaced(turn)
         states = {"stop": "ready", "length": "ready (max tokens reached)", "cancelled": "stopped",
                   "context": "context full"}
         self.set_status(state=states.get(event.finish_reason, "ready"),
@@ -470,22 +517,32 @@ class ChatApp(App[None]):
         turn, self.turn = self.turn, None
         self.generating = False
         self.set_status(state="ready" if self.model else "no model")
-        self.notify(event.error, title="Generation failed", severity="error", timeout=10)
+        self.notify(event.error, title="Generation failed", severity="error", timeout=10, markup=False)
         if turn is None:
             return
         if turn.view is not None:
             await self.log_view.remove_view(turn.view)
+        await self.restore_replaced(turn)
         if turn.prompt is None or turn.user_message_id is None:
             return
         # The prompt was never answered: take it back out of the history and give it back to edit.
-        self.history.delete_message(turn.user_message_id)
+        try:
+            self.history.delete_message(turn.user_message_id)
+            if self.conversation and not self.history.messages(self.conversation.id):
+                self.history.delete(self.conversation.id)
+                self.conversation = None
+        except HistoryError as exc:  # the prompt stays in the conversation, and regenerate can answer it
+            self.history_failed(exc)
+            return
         if turn.user_view is not None:
             await self.log_view.remove_view(turn.user_view)
-        if self.conversation and not self.history.messages(self.conversation.id):
-            self.history.delete(self.conversation.id)
-            self.conversation = None
         self.prompt.restore(turn.prompt)
         self.refresh_sidebar()
+
+    async def restore_replaced(self, turn: Turn) -> None:
+        """A regenerated answer that failed or came out empty: show the previous one again."""
+        if turn.replaces is not None:
+            await self.log_view.add("assistant", turn.replaces.content, turn.replaces.id)
 
     def _last_messages(self):
         return self.history.messages(self.conversation.id) if self.conversation else []
@@ -497,13 +554,13 @@ class ChatApp(App[None]):
         if not stored:
             self.notify("Nothing to regenerate yet.", severity="warning")
             return
-        if stored[-1].role == "assistant":
-            self.history.delete_message(stored[-1].id)
+        replaces = stored[-1] if stored[-1].role == "assistant" else None
+        if replaces is not None:
             views = self.log_view.views
-            if views and views[-1].message_id == stored[-1].id:
+            if views and views[-1].message_id == replaces.id:
                 await self.log_view.remove_view(views[-1])
         assert self.conversation is not None
-        await self.start_reply(Turn(self.conversation.id))
+        await self.start_reply(Turn(self.conversation.id, replaces=replaces))
 
     async def action_edit_last(self) -> None:
         if self._busy():
@@ -515,8 +572,12 @@ class ChatApp(App[None]):
             return
         removed = stored[users[-1]:]
         ids = {m.id for m in removed}
-        for message in removed:
-            self.history.delete_message(message.id)
+        try:
+            for message in removed:
+                self.history.delete_message(message.id)
+        except HistoryError as exc:
+            self.history_failed(exc)
+            return
         for view in self.log_view.views:
             if view.message_id in ids:
                 await self.log_view.remove_view(view)

@@ -1,6 +1,7 @@
 """Conversations in SQLite: a versioned schema (PRAGMA user_version) upgraded by ordered migrations.
 
-Every write commits at once, so a crash loses at most the answer that was streaming.
+Every write commits at once, so a crash loses at most the answer that was streaming. A write that
+fails (a read-only file, another process holding the lock) raises HistoryError; nothing is half-written.
 """
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +47,20 @@ def _v2(db: sqlite3.Connection) -> None:
         ALTER TABLE messages ADD COLUMN stats TEXT;
         CREATE TABLE app_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """)
+
+
+def _json_dict(text: str | None) -> dict | None:
+    """A stored JSON object, or None where the value is missing or damaged (read as defaults)."""
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _storable(text: str) -> str:
+    """Text SQLite can store: lone surrogates (undecodable bytes pasted in) become "?"."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
@@ -87,17 +103,26 @@ class History:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path))
             self._db.execute("PRAGMA foreign_keys = ON")
             migrate(self._db)
-        except sqlite3.DatabaseError as exc:
+        except (OSError, sqlite3.DatabaseError) as exc:
             raise HistoryError(f"cannot open the chat history {path}: {exc}") from None
 
     def close(self) -> None:
         self._db.close()
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction; a failed write is a HistoryError naming the file."""
+        try:
+            with self._db:
+                yield self._db
+        except sqlite3.OperationalError as exc:
+            raise HistoryError(f"cannot save to the chat history {self.path}: {exc}") from None
 
     # -- conversations -------------------------------------------------------------------------
 
@@ -105,55 +130,57 @@ class History:
         """Most recently updated first."""
         rows = self._db.execute(
             "SELECT id, title, created, updated, settings FROM conversations ORDER BY updated DESC, id DESC")
-        return [Conversation(i, t, c, u, json.loads(s)) for i, t, c, u, s in rows]
+        return [Conversation(i, t, c, u, _json_dict(s) or {}) for i, t, c, u, s in rows]
 
     def conversation(self, conversation_id: int) -> Conversation | None:
         row = self._db.execute("SELECT id, title, created, updated, settings FROM conversations "
                                "WHERE id = ?", (conversation_id,)).fetchone()
-        return Conversation(row[0], row[1], row[2], row[3], json.loads(row[4])) if row else None
+        return Conversation(row[0], row[1], row[2], row[3], _json_dict(row[4]) or {}) if row else None
 
     def create(self, title: str, settings: dict | None = None) -> Conversation:
         now = time.time()
-        with self._db:
-            cur = self._db.execute(
+        title = _storable(title)
+        with self._writing() as db:
+            cur = db.execute(
                 "INSERT INTO conversations (title, created, updated, settings) VALUES (?, ?, ?, ?)",
                 (title, now, now, json.dumps(settings or {})))
         return Conversation(cur.lastrowid, title, now, now, settings or {})
 
     def rename(self, conversation_id: int, title: str) -> None:
-        with self._db:
-            self._db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
+        with self._writing() as db:
+            db.execute("UPDATE conversations SET title = ? WHERE id = ?", (_storable(title), conversation_id))
 
     def save_settings(self, conversation_id: int, settings: dict) -> None:
-        with self._db:
-            self._db.execute("UPDATE conversations SET settings = ? WHERE id = ?",
-                             (json.dumps(settings), conversation_id))
+        with self._writing() as db:
+            db.execute("UPDATE conversations SET settings = ? WHERE id = ?",
+                       (json.dumps(settings), conversation_id))
 
     def delete(self, conversation_id: int) -> None:
-        with self._db:
-            self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+        with self._writing() as db:
+            db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
     # -- messages ------------------------------------------------------------------------------
 
     def messages(self, conversation_id: int) -> list[StoredMessage]:
         rows = self._db.execute("SELECT id, role, content, stats FROM messages WHERE conversation_id = ? "
                                 "ORDER BY id", (conversation_id,))
-        return [StoredMessage(i, r, c, json.loads(s) if s else None) for i, r, c, s in rows]
+        return [StoredMessage(i, r, c, _json_dict(s)) for i, r, c, s in rows]
 
     def add_message(self, conversation_id: int, role: str, content: str,
                     stats: dict | None = None) -> StoredMessage:
         now = time.time()
-        with self._db:
-            cur = self._db.execute(
+        content = _storable(content)
+        with self._writing() as db:
+            cur = db.execute(
                 "INSERT INTO messages (conversation_id, role, content, created, stats) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (conversation_id, role, content, now, json.dumps(stats) if stats is not None else None))
-            self._db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
+            db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
         return StoredMessage(cur.lastrowid, role, content, stats)
 
     def delete_message(self, message_id: int) -> None:
-        with self._db:
-            self._db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        with self._writing() as db:
+            db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
 
     # -- app state -----------------------------------------------------------------------------
 
@@ -162,6 +189,6 @@ class History:
         return row[0] if row else None
 
     def set_state(self, key: str, value: str) -> None:
-        with self._db:
-            self._db.execute("INSERT INTO app_state (key, value) VALUES (?, ?) "
-                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        with self._writing() as db:
+            db.execute("INSERT INTO app_state (key, value) VALUES (?, ?) "
+                       "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))

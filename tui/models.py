@@ -13,7 +13,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from localspec.errors import ModelFileError
+from localspec.errors import LocalspecError, ModelFileError
 from localspec.modelfile import read_model_file
 
 CONFIG_NAME = "chat.toml"
@@ -21,27 +21,48 @@ KV_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4
             "q5_0": 22 / 32, "q5_1": 24 / 32, "iq4_nl": 18 / 32}
 
 
+class ChatConfigError(LocalspecError):
+    """chat.toml cannot be read or written; it is left as it is."""
+
+
+def _read_config(path: Path) -> dict:
+    """chat.toml's contents ({} where there is none); a file that is not valid is a ChatConfigError."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ChatConfigError(f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ChatConfigError(f"{path} is not valid TOML ({exc}): fix or remove it") from None
+    if not isinstance(data.get("model_dirs", []), list):
+        raise ChatConfigError(f"{path}: model_dirs must be a list of folders, "
+                              f'like model_dirs = ["~/models"]: fix or remove it')
+    return data
+
+
 def model_folders(config_dir: Path) -> list[Path]:
     """Folders listed as `model_dirs = [...]` in chat.toml; a broken file counts as none."""
     try:
-        data = tomllib.loads((config_dir / CONFIG_NAME).read_text())
-    except (OSError, tomllib.TOMLDecodeError):
+        data = _read_config(config_dir / CONFIG_NAME)
+    except ChatConfigError:
         return []
     return [Path(p).expanduser() for p in data.get("model_dirs", []) if isinstance(p, str)]
 
 
 def add_model_folder(config_dir: Path, folder: Path) -> list[Path]:
+    """Add a folder to chat.toml, keeping its other content; ChatConfigError if it cannot be."""
     path = config_dir / CONFIG_NAME
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        data = {}
+    data = _read_config(path)
     folders = [str(p) for p in data.get("model_dirs", []) if isinstance(p, str)]
     if str(folder) not in folders:
         folders.append(str(folder))
     data["model_dirs"] = folders
-    config_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(data))
+    try:
+        config_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    except OSError as exc:
+        raise ChatConfigError(f"cannot write {path}: {exc}") from None
     return [Path(p).expanduser() for p in folders]
 
 

@@ -36,10 +36,12 @@ class ChatSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ChatSettings:
+    def from_dict(cls, data: object) -> ChatSettings:
         """Unknown keys (from a newer version) are ignored; invalid values fall back to defaults."""
+        if not isinstance(data, dict):
+            return cls()
         known = {f.name for f in fields(cls)}
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
-        except (InvalidSettingsError, TypeError):
+        except (InvalidSettingsError, TypeError, ValueError):
             return cls()

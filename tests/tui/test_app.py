@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from functools import partial
 
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Input, Label, TextArea
 
+from localspec.errors import BackendError
 from tests.tui.conftest import (
     SETTINGS,
     FailingBackend,
@@ -21,6 +23,7 @@ from tests.tui.conftest import (
 )
 from tui.chatmodel import load_llamacpp
 from tui.history import History
+from tui.options import ChatSettings
 from tui.screens.dialogs import TextPromptScreen
 from tui.screens.settings import SettingsScreen
 from tui.widgets.statusbar import StatusBar
@@ -309,3 +312,142 @@ async def test_the_memory_timer_firing_while_the_status_labels_go_is_harmless(ma
         app.refresh_memory()
         resources = bar.query_one("#resources", Label)
         assert str(resources.render()) == bar.info.resources()  # the labels left still update
+
+
+def notes(app):
+    return [(n.title, n.message) for n in app._notifications]
+
+
+@async_test
+async def test_titles_with_markup_are_shown_as_plain_text(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await send(app, pilot, "close [/] tag")
+        await answered(app, pilot)
+        assert str(app.sidebar.get_option_at_index(0).prompt) == "close [/] tag"
+        await app.run_action("rename_current")
+        await pilot.pause()
+        app.screen.query_one(Input).value = "[/x] weird [on red]hi"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert str(app.sidebar.get_option_at_index(0).prompt) == "[/x] weird [on red]hi"
+        await app.run_action("delete_current")  # the confirmation names the title
+        await pilot.pause()
+        await pilot.press("escape")
+
+    again = make_app()  # the stored title does not stop the next start
+    async with again.run_test(size=SIZE) as pilot:
+        await ready(again, pilot)
+        assert again.conversation.title == "[/x] weird [on red]hi"
+
+
+class FailsOnDemand(GatedBackend):
+    fail = False
+
+    def verify(self, root, tree):
+        if self.fail:
+            raise BackendError("llama_decode failed with status -3: out of memory")
+        return super().verify(root, tree)
+
+
+@async_test
+async def test_a_failed_regenerate_keeps_the_previous_answer(make_app):
+    loader = wrapped_loader(lambda backend: FailsOnDemand(backend, free_steps=10**9))
+    app = make_app(loader)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await send(app, pilot, "Write a loop")
+        await answered(app, pilot)
+        before = stored(app)
+        loader.made[0].fail = True
+        await pilot.press("ctrl+r")
+        await answered(app, pilot)
+        assert stored(app) == before
+        assert [(v.role, v.content) for v in app.log_view.views] == before
+        assert ("Generation failed", "llama_decode failed with status -3: out of memory") in notes(app)
+        loader.made[0].fail = False
+        await pilot.press("ctrl+r")  # and the kept answer is replaced once a new one is stored
+        await answered(app, pilot)
+        assert stored(app) == before and len(app.log_view.views) == 2
+
+
+@async_test
+async def test_export_never_overwrites_and_reports_bad_names(make_app, tmp_path):
+    existing = tmp_path / "notes.md"
+    existing.write_text("precious")
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await send(app, pilot, "Export me")
+        await answered(app, pilot)
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        app.screen.query_one(Input).value = str(existing)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert existing.read_text() == "precious"
+        assert notes(app)[-1] == ("Not exported", f"{existing} already exists: choose another name.")
+        assert isinstance(app.screen, TextPromptScreen)  # asked again, to pick another name
+        app.screen.query_one(Input).value = "~no_such_user_localspec/x.md"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert notes(app)[-1][0] == "Export failed" and "~no_such_user_localspec" in notes(app)[-1][1]
+
+
+@async_test
+async def test_damaged_json_in_the_history_reads_as_defaults(make_app, tmp_path):
+    history = History(tmp_path / "chat.sqlite3")
+    conversation = history.create("t", {"top_k": 4})
+    history.add_message(conversation.id, "user", "hi")
+    history.add_message(conversation.id, "assistant", "yo", {"tokens": 1})
+    history.set_state("last_conversation", str(conversation.id))
+    history.close()
+    db = sqlite3.connect(tmp_path / "chat.sqlite3")
+    db.execute("UPDATE conversations SET settings = '[1,2]'")
+    db.execute("UPDATE messages SET stats = '{not json'")
+    db.commit()
+    db.close()
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        assert stored(app) == [("user", "hi"), ("assistant", "yo")]
+        assert app.chat_settings == ChatSettings()
+
+
+@async_test
+async def test_a_read_only_history_keeps_the_app_running(make_app, tmp_path):
+    path = tmp_path / "chat.sqlite3"
+    history = History(path)
+    conversation = history.create("t")
+    history.add_message(conversation.id, "user", "hi")
+    history.set_state("last_conversation", str(conversation.id))
+    history.close()
+    app = make_app()
+    app.history._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # as on a read-only mount
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        assert stored(app) == [("user", "hi")]
+        assert notes(app)[-1][0] == "History not saved" and "readonly" in notes(app)[-1][1]
+        await send(app, pilot, "not saved")
+        await pilot.pause()
+        assert not app.generating and app.prompt.text == "not saved"  # kept, to send again
+        assert "The prompt was not sent" in notes(app)[-1][1]
+        assert [(v.role, v.content) for v in app.log_view.views] == [("user", "hi")]
+
+
+@async_test
+async def test_the_model_picker_reports_an_unwritable_chat_toml(make_app, tmp_path):
+    (tmp_path / "config" / "chat.toml").mkdir(parents=True)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        folder = app.screen.query_one("#folder", Input)
+        folder.value = str(tmp_path)
+        folder.focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert notes(app)[-1][0] == "Folder not added" and "chat.toml" in notes(app)[-1][1]
+        assert folder.value == str(tmp_path)

@@ -49,6 +49,12 @@ def test_not_a_database_is_a_clear_error(tmp_path):
         History(path)
 
 
+def test_a_folder_that_cannot_be_made_is_a_clear_error(tmp_path):
+    (tmp_path / "data").write_text("a file where the folder should be")
+    with pytest.raises(HistoryError, match="cannot open the chat history"):
+        History(tmp_path / "data" / "chat.sqlite3")
+
+
 def test_conversations_messages_and_cascading_delete(tmp_path):
     history = History(tmp_path / "h.sqlite3")
     a = history.create("a", {"temperature": 0.5})
@@ -65,3 +71,33 @@ def test_conversations_messages_and_cascading_delete(tmp_path):
     assert [m.content for m in history.messages(a.id)] == ["question"]
     history.delete(a.id)
     assert history.conversation(a.id) is None and history.messages(a.id) == []
+
+
+def test_damaged_json_values_read_as_missing(tmp_path):
+    history = History(tmp_path / "h.sqlite3")
+    conversation = history.create("t", {"top_k": 4})
+    history.add_message(conversation.id, "assistant", "answer", {"tokens": 3})
+    history._db.execute("UPDATE conversations SET settings = '[1,2]'")
+    history._db.execute("UPDATE messages SET stats = '{not json'")
+    history._db.commit()
+    assert history.conversation(conversation.id).settings == {} == history.conversations()[0].settings
+    assert history.messages(conversation.id)[0].stats is None
+
+
+def test_text_with_lone_surrogates_is_stored(tmp_path):
+    history = History(tmp_path / "h.sqlite3")
+    conversation = history.create("bad \udcff title")
+    stored = history.add_message(conversation.id, "user", "bad \udcff bytes")
+    assert history.conversations()[0].title == "bad ? title"
+    assert stored.content == history.messages(conversation.id)[0].content == "bad ? bytes"
+
+
+def test_a_failed_write_is_a_history_error(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    History(path).close()
+    history = History(path)
+    history._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # as on a read-only mount
+    with pytest.raises(HistoryError, match="cannot save to the chat history .*readonly"):
+        history.create("t")
+    with pytest.raises(HistoryError, match="readonly"):
+        history.set_state("theme", "nord")

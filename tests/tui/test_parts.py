@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 from localspec.chat import Message
 from localspec.settings import BackendSettings
 from tui.chatmodel import LiveStats, load_llamacpp
 from tui.export import slug, to_markdown
 from tui.history import Conversation, StoredMessage
-from tui.models import add_model_folder, find_models, model_folders
+from tui.models import ChatConfigError, add_model_folder, find_models, model_folders
 from tui.options import ChatSettings
 from tui.status import MemoryUse, StatusInfo, drafter_summary, human_bytes
+from tui.widgets.prompt import has_visible_text
 
 
 def test_chat_settings_round_trip_and_fall_back_on_bad_values():
@@ -17,6 +20,7 @@ def test_chat_settings_round_trip_and_fall_back_on_bad_values():
     assert ChatSettings.from_dict(settings.to_dict()) == settings
     assert ChatSettings.from_dict({"temperature": -1}) == ChatSettings()
     assert ChatSettings.from_dict({"future_option": 1, "top_k": 5}).top_k == 5
+    assert ChatSettings.from_dict([1, 2]) == ChatSettings() == ChatSettings.from_dict(None)
     generation = settings.generation()
     assert generation.drafter == "auto" and generation.sampling.temperature == 0.8
 
@@ -63,6 +67,28 @@ def test_model_folders_and_listing(tmp_path, demo_model):
     assert demo.planned_bytes > demo.file_size
     larger = find_models([demo_model], n_ctx=8192)[0]
     assert larger.planned_bytes > demo.planned_bytes  # more context, more KV cache
+
+
+@pytest.mark.parametrize("content", ["model_dirs = [[[", 'model_dirs = "notalist"'])
+def test_a_broken_chat_toml_is_never_rewritten(tmp_path, content):
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "chat.toml").write_text(content)
+    assert model_folders(config) == []
+    with pytest.raises(ChatConfigError, match="chat.toml"):
+        add_model_folder(config, tmp_path)
+    assert (config / "chat.toml").read_text() == content
+
+
+def test_an_unwritable_chat_toml_is_a_clear_error(tmp_path):
+    (tmp_path / "chat.toml").mkdir()
+    with pytest.raises(ChatConfigError, match="chat.toml"):
+        add_model_folder(tmp_path, tmp_path)
+
+
+def test_a_prompt_of_only_invisible_characters_is_not_text():
+    assert not has_visible_text(" \n\t\u00a0\u200b\ufeff\x0b")
+    assert has_visible_text("\u200bhi") and has_visible_text("[/]")
 
 
 def test_chat_model_reports_steps_and_kv_reuse(demo_model):

@@ -21,7 +21,7 @@ class TextPromptScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="small"):
-            yield Label(self.title_text, classes="dialog-title")
+            yield Label(self.title_text, classes="dialog-title", markup=False)
             yield Input(self.value, id="value")
             with Horizontal(classes="buttons"):
                 yield Button(self.action, variant="primary", id="ok")
@@ -48,7 +48,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="small"):
-            yield Label(self.question, classes="dialog-title")
+            yield Label(self.question, classes="dialog-title", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button(self.action, variant="error", id="confirm")
                 yield Button("Cancel", id="cancel")

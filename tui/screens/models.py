@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -12,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, LoadingIndicator, OptionList
 from textual.widgets.option_list import Option
 
-from tui.models import CONFIG_NAME, ModelEntry, add_model_folder, find_models, model_folders
+from tui.models import CONFIG_NAME, ChatConfigError, ModelEntry, add_model_folder, find_models, model_folders
 from tui.status import human_bytes
 
 
@@ -38,7 +39,7 @@ class ModelPickerScreen(ModalScreen[Path | None]):
             yield LoadingIndicator()
             yield OptionList(id="model-list")
             yield Input(placeholder="Add a folder of GGUF files and press Enter", id="folder")
-            yield Label(f"Folders are kept in {self.config_dir / CONFIG_NAME}", classes="hint")
+            yield Label(f"Folders are kept in {self.config_dir / CONFIG_NAME}", classes="hint", markup=False)
 
     def folders(self) -> list[Path]:
         extra = [self.current.parent] if self.current is not None else []
@@ -56,7 +57,7 @@ class ModelPickerScreen(ModalScreen[Path | None]):
         self.query_one(LoadingIndicator).display = False
         options = self.query_one(OptionList)
         options.clear_options()
-        options.add_options([Option(describe(e, self.current), id=str(e.path),
+        options.add_options([Option(Text(describe(e, self.current)), id=str(e.path),
                                     disabled=e.planned_bytes is None) for e in entries])
         if not entries:
             options.add_option(Option("No GGUF files found in these folders.", disabled=True))
@@ -66,9 +67,13 @@ class ModelPickerScreen(ModalScreen[Path | None]):
     def add_folder(self, event: Input.Submitted) -> None:
         folder = Path(event.value.strip()).expanduser()
         if not folder.is_dir():
-            self.notify(f"Not a folder: {folder}", severity="warning")
+            self.notify(f"Not a folder: {folder}", severity="warning", markup=False)
             return
-        add_model_folder(self.config_dir, folder)
+        try:
+            add_model_folder(self.config_dir, folder)
+        except ChatConfigError as exc:
+            self.notify(str(exc), title="Folder not added", severity="error", timeout=15, markup=False)
+            return
         event.input.clear()
         self.query_one(LoadingIndicator).display = True
         self.scan(self.folders())

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 from textual import events
 from textual.message import Message
 from textual.widgets import TextArea
+
+
+def has_visible_text(text: str) -> bool:
+    """False for a prompt of only spaces, controls and invisible format characters (ZWSP, BOM...)."""
+    return any(not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf") for c in text)
 
 
 class PromptInput(TextArea):
@@ -34,7 +40,7 @@ class PromptInput(TextArea):
         if event.key == "enter":
             event.stop()
             event.prevent_default()
-            if self.text.strip():
+            if has_visible_text(self.text):
                 self.post_message(self.Submitted(self.text))
             return
         if event.key in ("shift+enter", "ctrl+j"):

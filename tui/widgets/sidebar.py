@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.text import Text
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import OptionList
@@ -35,7 +36,7 @@ class ConversationList(OptionList):
 
     def show(self, conversations: list[Conversation], current: int | None) -> None:
         self.clear_options()
-        self.add_options([Option(shorten(c.title), id=str(c.id)) for c in conversations])
+        self.add_options([Option(Text(shorten(c.title)), id=str(c.id)) for c in conversations])
         if current is not None:
             self.highlight_conversation(current)
 
