@@ -212,15 +212,20 @@ async def test_settings_are_validated_and_saved_per_conversation(make_app):
         assert app.chat_settings.generation().sampling.temperature == 0.7
 
 
+async def open_export(app, pilot) -> None:
+    """A conversation of one answered turn, and the export dialog open on it."""
+    await ready(app, pilot)
+    await send(app, pilot, "Export me")
+    await answered(app, pilot)
+    await pilot.press("ctrl+t")
+    await pilot.pause()
+
+
 @async_test
 async def test_export_to_markdown(make_app, tmp_path):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
-        await send(app, pilot, "Export me")
-        await answered(app, pilot)
-        await pilot.press("ctrl+t")
-        await pilot.pause()
+        await open_export(app, pilot)
         target = tmp_path / "out.md"
         app.screen.query_one(Input).value = str(target)
         await pilot.press("enter")
@@ -378,11 +383,7 @@ async def test_export_never_overwrites_and_reports_bad_names(make_app, tmp_path)
     existing.write_text("precious")
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
-        await send(app, pilot, "Export me")
-        await answered(app, pilot)
-        await pilot.press("ctrl+t")
-        await pilot.pause()
+        await open_export(app, pilot)
         app.screen.query_one(Input).value = str(existing)
         await pilot.press("enter")
         await pilot.pause()
