@@ -17,6 +17,10 @@ class InvalidSettingsError(LocalspecError, ValueError):
     """A sampling, generation or backend setting is out of range."""
 
 
+class InvalidTextError(InvalidSettingsError, UnicodeError):
+    """Text that is not Unicode (a lone surrogate from JSON), so it has no UTF-8 for the model."""
+
+
 class ContextOverflowError(LocalspecError):
     """The prompt (plus what must be generated) does not fit in the context window."""
 

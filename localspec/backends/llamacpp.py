@@ -24,7 +24,7 @@ from pathlib import Path
 import llama_cpp as lc
 import numpy as np
 
-from localspec.errors import BackendError, ContextOverflowError, InvalidSettingsError, ModelFileError
+from localspec.errors import BackendError, ContextOverflowError, InvalidTextError, ModelFileError
 from localspec.modelfile import read_model_file
 from localspec.settings import BackendSettings
 from localspec.tree import DraftTree
@@ -66,7 +66,7 @@ def utf8_bytes(text: str) -> bytes:
     try:
         return text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError as exc:  # a lone surrogate that stood for no byte ("\ud800" in JSON)
-        raise InvalidSettingsError(f"the text is not valid Unicode: {exc.object[exc.start]!a} at "
+        raise InvalidTextError(f"the text is not valid Unicode: {exc.object[exc.start]!a} at "
                                    f"character {exc.start} is half of a surrogate pair") from None
 
 

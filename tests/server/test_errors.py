@@ -82,6 +82,16 @@ def test_a_bad_stop_says_what_is_wrong_with_it(server, stop, says):
     assert response.status_code == 400 and error["param"] == "stop" and error["message"] == f"stop: {says}"
 
 
+def test_text_that_is_not_unicode_names_its_field(server):
+    response = httpx.post(f"{server.url}{TEXT}", content=b'{"prompt": "\\ud800abc"}',
+                          headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
+    body = b'{"messages": [{"role": "user", "content": "\\udfff"}]}'
+    response = httpx.post(f"{server.url}{CHAT}", content=body, headers={"content-type": "application/json"},
+                          timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
+
+
 def test_unknown_fields_are_ignored(server):
     body = {"messages": USER, "max_tokens": 2, "temperature": 0, "frobnicate": {"x": 1}, "tools": [],
             "parallel_tool_calls": False, "store": True, "metadata": {"a": "b"}}
