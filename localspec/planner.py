@@ -27,10 +27,9 @@ from localspec.memory import (
     estimate,
     estimate_torch,
 )
-from localspec.settings import BackendSettings
+from localspec.settings import MIN_CTX, BackendSettings
 
 GiB = 1 << 30
-MIN_CTX = 256
 MIN_BATCH = 8
 MAX_AUTO_CTX = 32768  # the model's own context is used up to this unless asked for more
 KV_LADDER = ("f16", "q8_0", "q4_0")

@@ -101,6 +101,13 @@ async def send(app, pilot, text: str) -> None:
     await pilot.pause()
 
 
+async def first_turn(app, pilot, text: str) -> None:
+    """The model loaded, `text` sent and answered."""
+    await ready(app, pilot)
+    await send(app, pilot, text)
+    await answered(app, pilot)
+
+
 def async_test(test):
     """Run an async test body with asyncio (no async pytest plugin is a dependency)."""
 

@@ -16,6 +16,7 @@ from tests.tui.conftest import (
     GatedBackend,
     answered,
     async_test,
+    first_turn,
     ready,
     send,
     until,
@@ -85,9 +86,7 @@ async def test_escape_stops_at_once_and_keeps_the_text(make_app):
 async def test_engine_error_restores_the_prompt(make_app):
     app = make_app(wrapped_loader(lambda backend: FailingBackend(backend, 0)))
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
-        await send(app, pilot, "hello there")
-        await answered(app, pilot)
+        await first_turn(app, pilot, "hello there")
         assert app.prompt.text == "hello there"
         assert app.log_view.views == []
         assert app.conversation is None and app.history.conversations() == []
@@ -117,9 +116,7 @@ async def test_window_paints_before_the_model_loads(make_app):
 async def test_conversation_survives_a_restart_and_reuses_the_kv_prefix(make_app, tmp_path):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
-        await send(app, pilot, "What is a list?")
-        await answered(app, pilot)
+        await first_turn(app, pilot, "What is a list?")
         first = stored(app)
         conversation_id = app.conversation.id
 
@@ -144,9 +141,7 @@ async def test_conversation_survives_a_restart_and_reuses_the_kv_prefix(make_app
 async def test_switching_conversations(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
-        await send(app, pilot, "first conversation")
-        await answered(app, pilot)
+        await first_turn(app, pilot, "first conversation")
         first_id = app.conversation.id
         await pilot.press("ctrl+n")
         assert app.log_view.views == [] and app.conversation is None
@@ -171,9 +166,7 @@ async def test_switching_conversations(make_app):
 async def test_regenerate_and_edit_last_prompt(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
-        await send(app, pilot, "Write a loop")
-        await answered(app, pilot)
+        await first_turn(app, pilot, "Write a loop")
         answer = stored(app)[-1]
         await pilot.press("ctrl+r")
         await answered(app, pilot)
@@ -193,9 +186,7 @@ async def test_regenerate_and_edit_last_prompt(make_app):
 async def test_settings_are_validated_and_saved_per_conversation(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
-        await send(app, pilot, "hi")
-        await answered(app, pilot)
+        await first_turn(app, pilot, "hi")
         await pilot.press("ctrl+s")
         screen = app.screen
         assert isinstance(screen, SettingsScreen)
@@ -214,9 +205,7 @@ async def test_settings_are_validated_and_saved_per_conversation(make_app):
 
 async def open_export(app, pilot) -> None:
     """A conversation of one answered turn, and the export dialog open on it."""
-    await ready(app, pilot)
-    await send(app, pilot, "Export me")
-    await answered(app, pilot)
+    await first_turn(app, pilot, "Export me")
     await pilot.press("ctrl+t")
     await pilot.pause()
 
@@ -239,9 +228,7 @@ async def test_export_to_markdown(make_app, tmp_path):
 async def test_rename_and_delete_from_the_sidebar(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
-        await send(app, pilot, "to be renamed")
-        await answered(app, pilot)
+        await first_turn(app, pilot, "to be renamed")
         app.sidebar.focus()
         app.sidebar.highlighted = 0
         await pilot.press("r")
@@ -286,9 +273,7 @@ async def test_model_picker_lists_models_with_planned_memory(make_app, demo_mode
 async def test_command_palette_runs_chat_actions(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
-        await send(app, pilot, "palette")
-        await answered(app, pilot)
+        await first_turn(app, pilot, "palette")
         await pilot.press("ctrl+p")
         await pilot.press(*"export conv")
         await until(pilot, lambda: isinstance(app.screen, CommandPalette)
@@ -327,9 +312,7 @@ def notes(app):
 async def test_titles_with_markup_are_shown_as_plain_text(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
-        await send(app, pilot, "close [/] tag")
-        await answered(app, pilot)
+        await first_turn(app, pilot, "close [/] tag")
         assert str(app.sidebar.get_option_at_index(0).prompt) == "close [/] tag"
         await app.run_action("rename_current")
         await pilot.pause()
@@ -361,9 +344,7 @@ async def test_a_failed_regenerate_keeps_the_previous_answer(make_app):
     loader = wrapped_loader(lambda backend: FailsOnDemand(backend, free_steps=10**9))
     app = make_app(loader)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
-        await send(app, pilot, "Write a loop")
-        await answered(app, pilot)
+        await first_turn(app, pilot, "Write a loop")
         before = stored(app)
         loader.made[0].fail = True
         await pilot.press("ctrl+r")
